@@ -1,0 +1,60 @@
+"""The project's typed errors.
+
+Every refusal of user input is a :class:`MegaSRError` subclass that carries the HTTP status
+it maps to and a short problem type, so the CLI can print one line and the gateway can answer
+``application/problem+json`` without a lookup table of its own.
+"""
+
+from __future__ import annotations
+
+
+class MegaSRError(Exception):
+    """Base of all errors the project raises on purpose."""
+
+    status: int = 500
+    problem_type: str = "internal-error"
+    title: str = "Internal error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidImageError(MegaSRError):
+    """The bytes are not a decodable image (not an image, truncated, corrupt)."""
+
+    status = 400
+    problem_type = "invalid-image"
+    title = "Invalid image"
+
+
+class ImageTooLargeError(MegaSRError):
+    """Bytes or pixels over the configured limits, or a decompression bomb."""
+
+    status = 413
+    problem_type = "image-too-large"
+    title = "Image too large"
+
+
+class UnsupportedFormatError(MegaSRError):
+    """A real image in a format the project does not read or write."""
+
+    status = 415
+    problem_type = "unsupported-format"
+    title = "Unsupported image format"
+
+
+class InvalidParameterError(MegaSRError):
+    """A request parameter out of range or inconsistent with another."""
+
+    status = 422
+    problem_type = "invalid-parameter"
+    title = "Invalid parameter"
+
+
+class EngineError(MegaSRError):
+    """An engine could not be loaded or run (missing weights, bad checkpoint, device)."""
+
+    status = 503
+    problem_type = "engine-unavailable"
+    title = "Engine unavailable"

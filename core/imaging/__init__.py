@@ -1,0 +1,1 @@
+"""Image decoding, encoding and output-size rules, with numpy and Pillow only (no torch)."""

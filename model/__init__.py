@@ -1,0 +1,1 @@
+"""Networks, engines, tiling and evaluation. Knows nothing of HTTP or queues."""

@@ -1,0 +1,1 @@
+"""Super-resolution engines behind one small interface (see :mod:`.base`)."""
