@@ -83,7 +83,9 @@ def reflect_pad(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
         h, w = image.shape[-2:]
         pad_h, pad_w = min(height - h, h - 1), min(width - w, w - 1)
         if (height > h and pad_h == 0) or (width > w and pad_w == 0):
-            image = F.pad(image[None], (0, max(0, width - w), 0, max(0, height - h)), mode="replicate")[0]
+            image = F.pad(
+                image[None], (0, max(0, width - w), 0, max(0, height - h)), mode="replicate"
+            )[0]
             continue
         image = F.pad(image[None], (0, pad_w, 0, pad_h), mode="reflect")[0]
     return image

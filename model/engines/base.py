@@ -31,7 +31,9 @@ class TileSpec:
         if self.size < 1 or self.overlap < 0 or self.multiple < 1:
             raise ValueError(f"invalid tile spec {self}")
         if self.overlap >= self.size:
-            raise ValueError(f"tile overlap {self.overlap} must be smaller than the tile {self.size}")
+            raise ValueError(
+                f"tile overlap {self.overlap} must be smaller than the tile {self.size}"
+            )
         if self.size % self.multiple:
             raise ValueError(f"tile size {self.size} is not a multiple of {self.multiple}")
 
