@@ -1,0 +1,36 @@
+"""Shared fixtures: real photographs, loaded from packages the tests already depend on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def coffee() -> np.ndarray:
+    """scikit-image's CC0 photograph of a coffee cup, (400, 600, 3) uint8."""
+    from skimage import data
+
+    return data.coffee()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session", autouse=True)
+def megasr_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder per test session, for converted weights and fetched assets.
+
+    Tests never touch the user's real cache, and each run proves the conversions work from
+    nothing. Subprocesses (the CLI, workers) inherit it through the environment.
+    """
+    path = tmp_path_factory.mktemp("megasr-cache")
+    os.environ["MEGASR_CACHE_DIR"] = str(path)
+    return path

@@ -1,0 +1,157 @@
+"""``megasr upscale`` end to end: real photos, the real default engine, real files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from megasr.cli.main import main
+
+
+def sharpness(image: np.ndarray) -> float:
+    """Mean gradient magnitude of the luma: a simple no-reference sharpness measure.
+
+    Bicubic interpolation spreads every edge over several pixels; a restoring upscaler
+    rebuilds steep edges, so its mean gradient is larger.
+    """
+    luma = np.asarray(Image.fromarray(image).convert("L"), dtype=np.float64)
+    gy, gx = np.gradient(luma)
+    return float(np.hypot(gx, gy).mean())
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    """The installed console script, as a user runs it."""
+    command = [sys.executable, "-m", "megasr.cli.main", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
+
+
+@pytest.fixture(scope="module")
+def degraded(coffee: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The coffee photo reduced 4x (box filter), as a low-resolution input."""
+    path = tmp_path_factory.mktemp("lr") / "coffee_lr.png"
+    Image.fromarray(coffee).resize((150, 100), Image.Resampling.BOX).save(path)
+    return path
+
+
+def test_upscale_is_sharper_than_bicubic(degraded: Path, tmp_path: Path) -> None:
+    out = tmp_path / "coffee_x4.png"
+    result = run_cli("upscale", degraded, "-o", out, "--scale", "4", "--quiet")
+    assert result.returncode == 0, result.stderr
+    upscaled = np.asarray(Image.open(out).convert("RGB"))
+    assert upscaled.shape == (400, 600, 3)
+    bicubic = np.asarray(Image.open(degraded).resize((600, 400), Image.Resampling.BICUBIC))
+    assert sharpness(upscaled) > 1.3 * sharpness(bicubic)
+
+
+@pytest.mark.parametrize(
+    ("flags", "size"),
+    [
+        (["--scale", "1"], (150, 100)),
+        (["--scale", "2"], (300, 200)),
+        (["--scale", "3.5"], (525, 350)),
+        (["--scale", "8"], (1200, 800)),
+        (["--width", "200"], (200, 133)),
+        (["--height", "50"], (75, 50)),
+    ],
+)
+def test_output_sizes(
+    degraded: Path, tmp_path: Path, flags: list[str], size: tuple[int, int]
+) -> None:
+    small = tmp_path / "in.png"
+    Image.open(degraded).crop((40, 30, 70, 50)).resize((150, 100)).save(small)
+    out = tmp_path / "out.webp"
+    assert main(["upscale", str(small), "-o", str(out), "--quiet", "--tile", "64", *flags]) == 0
+    with Image.open(out) as result:
+        assert result.format == "WEBP"
+        assert result.size == size
+
+
+def test_folder_in_folder_out(degraded: Path, tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.open(degraded).crop((0, 0, 24, 16)).save(inputs / "a.png")
+    Image.open(degraded).crop((0, 0, 20, 20)).convert("RGB").save(inputs / "b.jpg", quality=90)
+    (inputs / "notes.txt").write_text("not an image, and not picked up")
+    out = tmp_path / "out"
+    assert main(["upscale", str(inputs), "-o", str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.jpg"]
+    assert Image.open(out / "a.png").size == (96, 64)
+    assert Image.open(out / "b.jpg").format == "JPEG"
+
+
+def test_alpha_survives(tmp_path: Path) -> None:
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[:, 15:, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "logo.png")
+    out = tmp_path / "logo_x2.png"
+    assert (
+        main(["upscale", str(tmp_path / "logo.png"), "-o", str(out), "--scale", "2", "--quiet"])
+        == 0
+    )
+    result = np.asarray(Image.open(out))
+    assert result.shape == (40, 60, 4)
+    assert result[:, :25, 3].max() < 10 and result[:, 35:, 3].min() > 245
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty"),
+        (b"hello, I am text\n", "not"),
+    ],
+)
+def test_bad_input_one_line_error_no_file(tmp_path: Path, content: bytes, message: str) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(content)
+    out = tmp_path / "out"
+    result = run_cli("upscale", bad, "-o", out, "--quiet")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("megasr: error: ")
+    assert message in lines[0].lower()
+    assert "Traceback" not in result.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_truncated_jpeg_leaves_no_half_file(tmp_path: Path, coffee: np.ndarray) -> None:
+    full = tmp_path / "full.jpg"
+    Image.fromarray(coffee[:64, :64]).save(full, quality=90)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(full.read_bytes()[:600])
+    out = tmp_path / "out.png"
+    assert main(["upscale", str(truncated), "-o", str(out), "--quiet"]) == 1
+    assert not out.exists()
+    assert list(tmp_path.glob("*.part")) == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--scale", "9"], "between 1 and 8"),
+        (["--scale", "2", "--width", "10"], "not both"),
+        (["--format", "gif"], "format"),
+        (["--quality", "0"], "quality"),
+        (["--engine", "nope"], "unknown engine"),
+    ],
+)
+def test_bad_options(
+    degraded: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    message: str,
+) -> None:
+    assert main(["upscale", str(degraded), "-o", str(tmp_path / "x.png"), "--quiet", *flags]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["upscale", str(tmp_path / "nothere.png"), "-o", str(tmp_path / "o")]) == 1
+    assert "no such file or folder" in capsys.readouterr().err
