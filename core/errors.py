@@ -58,3 +58,59 @@ class EngineError(MegaSRError):
     status = 503
     problem_type = "engine-unavailable"
     title = "Engine unavailable"
+
+
+class AuthenticationError(MegaSRError):
+    """No API key, or one that belongs to no tenant."""
+
+    status = 401
+    problem_type = "unauthorized"
+    title = "Unauthorized"
+
+
+class NotFoundError(MegaSRError):
+    """No such job for this tenant, or no such stored object."""
+
+    status = 404
+    problem_type = "not-found"
+    title = "Not found"
+
+
+class ConflictError(MegaSRError):
+    """The request clashes with the job's state (cancel a finished job, a duplicate in flight)."""
+
+    status = 409
+    problem_type = "conflict"
+    title = "Conflict"
+
+
+class RateLimitedError(MegaSRError):
+    """Too many requests or jobs for a tenant, or the queue is full; retry after a while."""
+
+    status = 429
+    problem_type = "rate-limited"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
+class ServiceUnavailableError(MegaSRError):
+    """A part the request needs (the queue's Redis, the object storage) cannot be reached."""
+
+    status = 503
+    problem_type = "service-unavailable"
+    title = "Service unavailable"
+
+
+class JobFailedError(MegaSRError):
+    """A job ended failed, canceled or expired; ``problem`` is its error object, if any."""
+
+    status = 500
+    problem_type = "job-failed"
+    title = "Job failed"
+
+    def __init__(self, detail: str, problem: dict | None = None) -> None:
+        super().__init__(detail)
+        self.problem = problem or {}

@@ -8,19 +8,22 @@ best device present.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from megasr.errors import InvalidParameterError
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
@@ -53,6 +56,88 @@ class Settings(BaseSettings):
     device: Device = "auto"
     dtype: Precision = "auto"
     tile: int = Field(0, ge=0, description="Engine input tile side in pixels; 0 = engine default.")
+
+    # Quality metrics.
+    brisque_model_dir: Path = Field(
+        Path("/usr/share/doc/opencv-doc/examples/quality"),
+        description="Folder of brisque_model_live.yml and brisque_range_live.yml (or .yml.gz).",
+    )
+    metric_weights_dir: Path | None = Field(
+        None, description="Folder of weights for learned metrics (LPIPS, DISTS, FID, ...)."
+    )
+
+    # Queue (Redis + RQ). No URL: `megasr serve` starts an embedded Redis server.
+    redis_url: str | None = Field(None, description="redis://host:port/db; None = embedded.")
+    queue_name: str = "megasr"
+    result_ttl_s: int = Field(24 * 3600, gt=0, description="How long results are kept.")
+    job_timeout_s: int = Field(3600, gt=0, description="Longest a job may run.")
+    max_retries: int = Field(2, ge=0, description="Retries of a failed or abandoned job.")
+    expired_record_ttl_s: int = Field(
+        7 * 24 * 3600, gt=0, description="How long a removed job still reads 'expired'."
+    )
+
+    # Object storage.
+    storage_backend: Literal["local", "s3"] = "local"
+    s3_bucket: str = "megasr"
+    s3_endpoint_url: str | None = Field(None, description="None = AWS.")
+    s3_public_endpoint_url: str | None = Field(
+        None, description="Endpoint clients reach; presigned URLs are signed for it."
+    )
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    presigned_url_ttl_s: int = Field(3600, gt=0)
+
+    # Gateway: auth, limits, CORS.
+    auth_enabled: bool = True
+    api_keys: dict[str, str] = Field(
+        default_factory=dict, repr=False, description="API key -> tenant."
+    )
+    api_keys_file: Path | None = Field(None, description="A JSON object of API key -> tenant.")
+    rate_limit_per_minute: int = Field(600, ge=0, description="Requests per tenant; 0 = off.")
+    max_jobs_in_flight: int = Field(32, ge=0, description="Per tenant; 0 = off.")
+    max_queue_depth: int = Field(1000, ge=0, description="Queued jobs in all; 0 = off.")
+    busy_retry_after_s: int = Field(5, gt=0, description="Retry-After when in flight or full.")
+    cors_origins: list[str] = Field(default_factory=list)
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(8000, ge=0, le=65535)
+    maintenance_interval_s: float = Field(30.0, gt=0, description="Registry cleanup period.")
+
+    # Worker: webhooks, metrics port, batching, heartbeats.
+    webhook_secret: SecretStr | None = None
+    worker_host: str = "127.0.0.1"
+    worker_metrics_port: int = Field(9100, ge=0, le=65535)
+    max_wait_ms: int = Field(50, ge=0, description="How long a batch waits for more jobs.")
+    max_batch_tiles: int = Field(8, gt=0, description="Tiles per engine call at most.")
+    heartbeat_interval_s: float = Field(5.0, gt=0)
+    heartbeat_ttl_s: int = Field(30, gt=0, description="A started job's lease per heartbeat.")
+    worker_ttl_s: int = Field(60, gt=0, description="A silent worker counts as dead after it.")
+    worker_maintenance_interval_s: int = Field(30, gt=0)
+    worker_engines: list[str] = Field(
+        default_factory=lambda: ["auto"],
+        description="Engines a worker loads at start: registry names or module:Class paths.",
+    )
+    webhook_attempts: int = Field(5, ge=1, description="Deliveries tried per webhook.")
+    webhook_backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles.")
+
+    def api_key_tenants(self) -> dict[str, str]:
+        """Every API key -> tenant, from ``api_keys`` and the keys file together."""
+        keys = dict(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                loaded = json.loads(self.api_keys_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise InvalidParameterError(
+                    f"cannot read API keys from {self.api_keys_file}: {exc}"
+                ) from exc
+            if not isinstance(loaded, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in loaded.items()
+            ):
+                raise InvalidParameterError(
+                    f"{self.api_keys_file} must hold a JSON object of API key -> tenant"
+                )
+            keys.update(loaded)
+        return keys
 
     @classmethod
     def settings_customise_sources(

@@ -10,12 +10,7 @@ from typing import TYPE_CHECKING
 
 from megasr.errors import ImageTooLargeError, InvalidParameterError, MegaSRError
 from megasr.files import write_atomic
-from megasr.imaging.encode import (
-    OUTPUT_FORMATS,
-    default_output_format,
-    extension_for,
-    normalize_format,
-)
+from megasr.imaging.encode import OUTPUT_FORMATS, default_output_format, normalize_format
 from megasr.imaging.image import ImageLimits
 from megasr.imaging.sizing import OutputSize
 from megasr.settings import Settings
@@ -142,7 +137,7 @@ def _upscale_one(job: Job, upscaler: Upscaler, request: Request) -> None:
         target = job.output
     else:
         fmt = request.output_format or default_output_format(image.source_format)
-        target = job.output / f"{job.source.stem}.{extension_for(fmt)}"
+        target = job.output / f"{job.source.stem}{OUTPUT_FORMATS[fmt].extension}"
     if target.resolve() == job.source.resolve():
         raise InvalidParameterError("the output would overwrite the input; choose another -o")
     with _progress(upscaler.count_tiles(image), "tiles", request.quiet, leave=False) as tiles:

@@ -1,0 +1,73 @@
+"""``megasr worker``: load the engines once, warm them up, then serve the queue in batches.
+
+The worker's HTTP port (``/metrics``, ``/healthz``, ``/readyz``) opens first, so a probe sees
+the process alive while weights load; ``/readyz`` turns true once every engine is warm.
+``--burst`` drains the queue and exits (for tests and one-off runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from megasr.settings import Settings
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "worker",
+        help="run a GPU worker that serves the job queue",
+        description="Serve upscale jobs from the Redis queue, batching tiles across jobs.",
+    )
+    parser.add_argument(
+        "--engine",
+        dest="engines",
+        action="append",
+        metavar="NAME",
+        help="an engine to load (repeatable; a registry name or module:Class); "
+        "default: the settings' worker_engines",
+    )
+    parser.add_argument("--name", help="the RQ worker name (default: random)")
+    parser.add_argument("--host", help="address of the metrics/health port")
+    parser.add_argument("--port", type=int, help="the metrics/health port")
+    parser.add_argument(
+        "--burst", action="store_true", help="exit once the queue is empty (for tests)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here: torch and the engines load only for this command.
+    from megasr.queue import redis_connection
+    from megasr.worker.batching import BatchingWorker
+    from megasr.worker.runtime import WorkerRuntime
+    from megasr.worker.status_server import StatusServer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = _settings(args)
+    connection = redis_connection(settings)
+    runtime = WorkerRuntime.from_settings(settings)
+    worker = BatchingWorker(runtime, connection, name=args.name)
+    server = StatusServer(
+        settings.worker_host,
+        settings.worker_metrics_port,
+        runtime.metrics,
+        is_ready=lambda: runtime.engines.ready,
+    ).start()
+    print(f"megasr worker {worker.name}: metrics and probes on {server.url}", flush=True)
+    try:
+        runtime.load_engines(on_change=worker.announce_engines)
+        worker.work(burst=args.burst, logging_level="INFO")
+    finally:
+        server.close()
+        runtime.close()
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "worker_engines": args.engines,
+        "worker_host": args.host,
+        "worker_metrics_port": args.port,
+    }
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})

@@ -1,0 +1,165 @@
+"""A Python client for the MegaSR service.
+
+    from megasr.client import Client
+
+    with Client("http://127.0.0.1:8000", api_key="...") as client:
+        job = client.submit("photo.jpg", scale=4)
+        job = client.wait(job.id, on_progress=lambda job: print(job.status, job.progress))
+        client.download(job.id, "photo-x4.png")
+
+Every refusal arrives as the typed error the service raised (``InvalidImageError``,
+``RateLimitedError`` with ``retry_after_s``, ...), rebuilt from its problem+json body; a job
+that ends failed, canceled or expired raises :class:`~megasr.errors.JobFailedError`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from megasr.engine_status import EngineCatalog
+from megasr.errors import JobFailedError, MegaSRError, ServiceUnavailableError
+from megasr.jobs import JobStatus, JobView, UpscaleParams
+from megasr.problems import error_from_problem
+
+ProgressCallback = Callable[[JobView], None]
+
+
+class Client:
+    """Talks to one gateway; a context manager that closes its connections."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        timeout_s: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), headers=headers, timeout=timeout_s, transport=transport
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def submit(
+        self,
+        image: str | Path | bytes,
+        *,
+        filename: str | None = None,
+        idempotency_key: str | None = None,
+        **params: Any,
+    ) -> JobView:
+        """Upload ``image`` (a path or bytes) with upscale ``params``; returns the queued job.
+
+        The parameters are checked here first (the same model the gateway uses), and an
+        Idempotency-Key is always sent, so retrying a submit never queues the job twice.
+        """
+        fields = UpscaleParams.parse(params).model_dump(mode="json", exclude_none=True)
+        if isinstance(image, bytes):
+            data, name = image, filename or "image"
+        else:
+            path = Path(image)
+            data, name = path.read_bytes(), filename or path.name
+        headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        response = self._request(
+            "POST",
+            "/v1/upscale",
+            files={"image": (name, data, "application/octet-stream")},
+            data={key: str(value) for key, value in fields.items()},
+            headers=headers,
+        )
+        return JobView.model_validate(response.json())
+
+    def get(self, job_id: str) -> JobView:
+        return JobView.model_validate(self._request("GET", f"/v1/jobs/{job_id}").json())
+
+    def cancel(self, job_id: str) -> JobView:
+        return JobView.model_validate(self._request("DELETE", f"/v1/jobs/{job_id}").json())
+
+    def engines(self) -> EngineCatalog:
+        return EngineCatalog.model_validate(self._request("GET", "/v1/engines").json())
+
+    def wait(
+        self,
+        job_id: str,
+        on_progress: ProgressCallback | None = None,
+        poll_interval_s: float = 0.5,
+        timeout_s: float | None = None,
+    ) -> JobView:
+        """Poll until the job ends; returns it when it succeeded, else raises JobFailedError.
+
+        ``on_progress`` gets the job after every poll whose status, stage or progress changed.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        last: tuple | None = None
+        while True:
+            job = self.get(job_id)
+            state = (job.status, job.stage, job.progress, job.queue_position)
+            if on_progress is not None and state != last:
+                on_progress(job)
+            last = state
+            if job.status is JobStatus.SUCCEEDED:
+                return job
+            if job.status.is_terminal:
+                detail = (job.error or {}).get("detail") or f"job {job_id} ended {job.status}"
+                raise JobFailedError(detail, problem=job.error)
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout_s} s")
+            time.sleep(poll_interval_s)
+
+    def download(self, job_id: str, destination: str | Path | None = None) -> bytes:
+        """The result's bytes (following a redirect to object storage); also written to
+        ``destination`` when one is given."""
+        response = self._request("GET", f"/v1/jobs/{job_id}/result", follow_redirects=True)
+        data = response.content
+        if destination is not None:
+            Path(destination).write_bytes(data)
+        return data
+
+    def upscale(
+        self,
+        image: str | Path | bytes,
+        destination: str | Path | None = None,
+        on_progress: ProgressCallback | None = None,
+        **params: Any,
+    ) -> bytes:
+        """Submit, wait and download in one call."""
+        job = self.submit(image, **params)
+        self.wait(job.id, on_progress=on_progress)
+        return self.download(job.id, destination)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServiceUnavailableError(f"cannot reach {self._http.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            raise _error_of(response)
+        return response
+
+
+def _error_of(response: httpx.Response) -> MegaSRError:
+    """The typed error of a failed response (problem+json, or the bare status)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    if "retry_after" not in body and response.headers.get("Retry-After", "").isdigit():
+        body["retry_after"] = int(response.headers["Retry-After"])
+    body.setdefault("detail", f"HTTP {response.status_code} from {response.request.url.path}")
+    return error_from_problem(body, response.status_code)

@@ -1,0 +1,122 @@
+"""One-command local mode: an embedded Redis, local storage, the gateway and one worker.
+
+:class:`LocalService` owns three things and stops them in reverse order: the gateway
+(uvicorn, in a thread of this process), the worker (``megasr worker`` in a child process of
+its own session, so a Ctrl-C in the terminal reaches only us and we stop it in order, after
+the gateway) and the Redis server (a child of its own session too). Nothing is left running
+after :meth:`LocalService.stop`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from megasr.embedded_redis import EmbeddedRedis
+from megasr.errors import ServiceUnavailableError
+from megasr.settings import Settings
+
+WORKER_STOP_GRACE_S = 30.0
+GATEWAY_START_TIMEOUT_S = 30.0
+
+
+class LocalService:
+    """Start with :meth:`start` (returns the URL), then :meth:`wait`, then :meth:`stop`."""
+
+    def __init__(self, settings: Settings, host: str, port: int, worker_port: int) -> None:
+        self.settings = settings.model_copy(update={"auth_enabled": False})
+        self.host = host
+        self.port = port
+        self.worker_port = worker_port
+        self.redis: EmbeddedRedis | None = None
+        self.worker: subprocess.Popen | None = None
+        self.server = None
+        self.thread: threading.Thread | None = None
+        self.stopping = threading.Event()
+
+    def start(self) -> str:
+        try:
+            if self.settings.redis_url is None:
+                self.redis = EmbeddedRedis(self.settings.data_dir / "redis").start()
+                self.settings = self.settings.model_copy(update={"redis_url": self.redis.url})
+            self.worker = self._start_worker()
+            return self._start_gateway()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait(self) -> int:
+        """Block until :meth:`request_stop` (a signal) or the worker dies; the exit status."""
+        while not self.stopping.wait(0.5):
+            if self.worker is not None and self.worker.poll() is not None:
+                print(f"megasr: the worker exited ({self.worker.returncode})", file=sys.stderr)
+                return 1
+            if self.thread is not None and not self.thread.is_alive():
+                print("megasr: the gateway stopped", file=sys.stderr)
+                return 1
+        return 0
+
+    def request_stop(self, *_: object) -> None:
+        """Signal-handler safe: only sets a flag that :meth:`wait` watches."""
+        self.stopping.set()
+
+    def stop(self) -> None:
+        """Gateway first (no new jobs), then the worker (it finishes its batch), then Redis."""
+        if self.server is not None:
+            self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join()
+        if self.worker is not None:
+            _stop_process(self.worker, WORKER_STOP_GRACE_S)
+        if self.redis is not None:
+            self.redis.stop()
+
+    def _start_worker(self) -> subprocess.Popen:
+        env = dict(os.environ)
+        env.update(
+            {
+                "MEGASR_REDIS_URL": str(self.settings.redis_url),
+                "MEGASR_DATA_DIR": str(self.settings.data_dir),
+                "MEGASR_STORAGE_BACKEND": self.settings.storage_backend,
+                "MEGASR_WORKER_ENGINES": json.dumps(self.settings.worker_engines),
+            }
+        )
+        command = [sys.executable, "-m", "megasr.cli.main", "worker"]
+        command += ["--port", str(self.worker_port)]
+        return subprocess.Popen(command, env=env, start_new_session=True)
+
+    def _start_gateway(self) -> str:
+        import uvicorn
+
+        from megasr.service import create_app
+
+        config = uvicorn.Config(
+            create_app(self.settings), host=self.host, port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + GATEWAY_START_TIMEOUT_S
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise ServiceUnavailableError(f"the gateway did not start on port {self.port}")
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://{self.host}:{port}"
+
+
+def _stop_process(process: subprocess.Popen, grace_s: float) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        print("megasr: the worker did not stop in time; killing it", file=sys.stderr)
+        process.kill()
+        process.wait()

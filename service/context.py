@@ -1,0 +1,51 @@
+"""Everything a request handler needs, built once per app from the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+from redis import Redis
+from rq import Queue
+
+from megasr.queue import get_queue, redis_connection
+from megasr.service.auth import ApiKeys
+from megasr.service.metrics import GatewayMetrics
+from megasr.settings import Settings
+from megasr.storage import Storage, create_storage
+
+# A gateway command that takes longer than this means Redis is in trouble: answer 503.
+REDIS_SOCKET_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Gateway:
+    """The gateway's connections and helpers, shared by every request of one app."""
+
+    settings: Settings
+    redis: Redis
+    queue: Queue
+    storage: Storage
+    metrics: GatewayMetrics
+    api_keys: ApiKeys
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Gateway:
+        redis = redis_connection(settings, socket_timeout=REDIS_SOCKET_TIMEOUT_S)
+        queue = get_queue(settings, redis)
+        return cls(
+            settings=settings,
+            redis=redis,
+            queue=queue,
+            storage=create_storage(settings),
+            metrics=GatewayMetrics(queue),
+            api_keys=ApiKeys.from_settings(settings),
+        )
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def gateway(request: Request) -> Gateway:
+    """FastAPI dependency: the app's :class:`Gateway`."""
+    return request.app.state.gateway

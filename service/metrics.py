@@ -1,0 +1,93 @@
+"""The gateway's Prometheus metrics (prefix ``megasr_``, base units, no per-job labels).
+
+Each app has its own registry, so two apps in one process (tests, benchmarks) count apart.
+The queue depth is read from Redis when ``/metrics`` is scraped, not kept up to date.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
+from rq import Queue
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+UNMATCHED_ROUTE = "unmatched"
+
+
+class QueueDepthCollector(Collector):
+    """``megasr_queue_depth``: jobs waiting in the queue, read at scrape time."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The name alone, so registering the collector does not query Redis."""
+        yield GaugeMetricFamily("megasr_queue_depth", "Jobs waiting in the queue.")
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            depth = self.queue.count
+        except RedisError:
+            return  # Redis down: no sample beats a made-up one
+        yield GaugeMetricFamily("megasr_queue_depth", "Jobs waiting in the queue.", value=depth)
+
+
+class GatewayMetrics:
+    def __init__(self, queue: Queue) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter(
+            "megasr_http_requests",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.http_duration = Histogram(
+            "megasr_http_request_duration_seconds",
+            "HTTP request duration, until the response body is sent.",
+            ["route", "method"],
+            registry=self.registry,
+        )
+        self.jobs_submitted = Counter(
+            "megasr_jobs_submitted",
+            "Upscale submissions by engine and outcome.",
+            ["engine", "outcome"],
+            registry=self.registry,
+        )
+        self.registry.register(QueueDepthCollector(queue))
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by its route template (never the raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or UNMATCHED_ROUTE
+            method = scope["method"]
+            self.metrics.http_requests.labels(template, method, str(status)).inc()
+            self.metrics.http_duration.labels(template, method).observe(
+                time.perf_counter() - started
+            )

@@ -1,0 +1,92 @@
+"""Every error the gateway answers is ``application/problem+json`` (RFC 9457).
+
+Typed project errors carry their own status and type; FastAPI's validation errors become
+422; Starlette's HTTP errors (unknown route 404, wrong method 405) keep their status and
+headers; an unreachable Redis is 503 with ``Retry-After``; anything else is a logged 500
+that shows no internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from megasr.errors import (
+    AuthenticationError,
+    MegaSRError,
+    RateLimitedError,
+    ServiceUnavailableError,
+)
+from megasr.problems import PROBLEM_CONTENT_TYPE, problem, problem_from_error
+
+log = logging.getLogger(__name__)
+
+REDIS_RETRY_AFTER_S = 5
+
+
+def problem_response(
+    body: dict, status: int, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
+
+
+def error_response(error: MegaSRError) -> JSONResponse:
+    headers = {}
+    if isinstance(error, RateLimitedError):
+        headers["Retry-After"] = str(error.retry_after_s)
+    elif isinstance(error, ServiceUnavailableError):
+        headers["Retry-After"] = str(REDIS_RETRY_AFTER_S)
+    elif isinstance(error, AuthenticationError):
+        headers["WWW-Authenticate"] = 'Bearer realm="megasr"'
+    return problem_response(problem_from_error(error), error.status, headers)
+
+
+async def _megasr_error(request: Request, exc: MegaSRError) -> JSONResponse:
+    return error_response(exc)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    where = ("body", "query", "path", "header")
+    detail = "; ".join(
+        ".".join(str(p) for p in error["loc"] if p not in where) + f": {error['msg']}"
+        for error in exc.errors()
+    )
+    body = problem(422, "Invalid parameter", detail or "invalid request", "invalid-parameter")
+    return problem_response(body, 422)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    title = HTTPStatus(exc.status_code).phrase
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    if exc.status_code == 404 and detail == title:
+        detail = f"no such resource: {request.url.path}"
+    return problem_response(problem(exc.status_code, title, detail), exc.status_code, exc.headers)
+
+
+async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("Redis unreachable: %s", exc)
+    return error_response(
+        ServiceUnavailableError("the job queue (Redis) cannot be reached; retry shortly")
+    )
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    body = problem(500, "Internal error", "the gateway failed; the error was logged", "internal")
+    return problem_response(body, 500)
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(MegaSRError, _megasr_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RedisConnectionError, _redis_down)
+    app.add_exception_handler(RedisTimeoutError, _redis_down)
+    app.add_exception_handler(Exception, _unexpected)
