@@ -1,0 +1,43 @@
+"""The GPU benchmark's model building (on the meta device) and its refusal without a GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from megasr.model.megasr.adapter import is_adapter_key
+
+
+@pytest.fixture(scope="module")
+def bench(repo_root):
+    spec = importlib.util.spec_from_file_location(
+        "megasr_gpu", repo_root / "bench" / "megasr_gpu.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_full_size_model_has_the_sd2_base_parameter_counts(bench):
+    model = bench.build_model("meta")
+    counts = bench.parameter_counts(model)
+    assert round(counts["unet"] / 1e6, 1) == 865.9  # model.md, SD-2-base
+    assert round(counts["controlnet"] / 1e6, 1) == 364.2
+    # The new modules: tens of millions each; model.md expects 80-130 M together.
+    assert 80e6 <= counts["csm"] + counts["msfm"] <= 130e6
+    adapter = list(model.adapter_state_dict())
+    assert sum(counts.values()) == sum(p.numel() for p in model.parameters())
+    assert all(is_adapter_key(k) for k in adapter if not k.startswith("connector."))
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
+def test_without_cuda_it_stops_at_once_with_a_clear_message(bench, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["megasr_gpu.py"])
+    assert bench.main() == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err

@@ -1,0 +1,157 @@
+"""CSM and MSFM inside a tiny U-Net + ControlNet: identity at init, effect, gradients, shapes."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from megasr_tiny import (
+    TINY,
+    denoiser_and_plain,
+    inputs,
+    one_thread,
+    plain_forward,
+    randomise_new_modules,
+    tiny_denoiser,
+)
+
+from megasr.model.megasr.adapter import count_modules, is_adapter_key
+from megasr.model.megasr.conditions import MegaSRConditions
+from megasr.model.megasr.csm import CSMProcessor
+from megasr.model.megasr.msfm import MSFM
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with one_thread():
+        yield
+
+
+def test_fresh_modules_leave_the_pretrained_model_unchanged():
+    denoiser, unet, controlnet = denoiser_and_plain()
+    args = inputs(2, 8, 12)
+    with torch.no_grad():
+        megasr = denoiser(**args)
+        plain = plain_forward(unet, controlnet, args)
+    assert plain.abs().max() > 0.1  # the comparison is between real, non-zero outputs
+    assert (megasr - plain).abs().max().item() <= 1e-5
+
+
+def test_every_attention_block_of_both_networks_gets_a_csm_and_an_msfm():
+    denoiser = tiny_denoiser()
+    # Tiny U-Net: one transformer down, one in the middle, two up; its ControlNet: down + mid.
+    assert count_modules(denoiser.unet) == {"csm": 4, "msfm": 4}
+    assert count_modules(denoiser.controlnet) == {"csm": 2, "msfm": 2}
+
+
+def test_trained_lgwam_and_msfm_change_the_output_each_on_its_own():
+    denoiser, unet, controlnet = denoiser_and_plain()
+    args = inputs(1, 8, 8)
+    with torch.no_grad():
+        plain = plain_forward(unet, controlnet, args)
+        randomise_new_modules(denoiser)
+        both = denoiser(**args)
+        csm_only = denoiser(**{**args, "conditions": replace(args["conditions"], hed=None)})
+        msfm_only = denoiser(
+            **{**args, "conditions": replace(args["conditions"], image_tokens=None)}
+        )
+        neither = denoiser(**{**args, "conditions": MegaSRConditions()})
+    assert (both - plain).abs().mean() > 1e-2
+    assert (csm_only - plain).abs().mean() > 1e-3
+    assert (msfm_only - plain).abs().mean() > 1e-3
+    assert (neither - plain).abs().max() <= 1e-5  # no conditions: both modules switched off
+
+
+def test_backward_reaches_exactly_the_trainable_set():
+    denoiser = tiny_denoiser()
+    randomise_new_modules(denoiser)
+    # Its zero-initialised output conv would hide the conditioning encoder's gradients.
+    torch.nn.init.normal_(denoiser.controlnet.controlnet_cond_embedding.conv_out.weight, std=0.1)
+    denoiser.set_trainable()
+    denoiser(**inputs(2, 8, 8)).square().mean().backward()
+
+    params = dict(denoiser.named_parameters())
+    expected_trainable = {n for n in params if n.startswith("controlnet.")} | {
+        n for n in params if n.startswith("unet.") and is_adapter_key(n)
+    }
+    expected_frozen = set(params) - expected_trainable
+    with_grad = {n for n, p in params.items() if p.grad is not None and p.grad.abs().sum() > 0}
+    requires = {n for n, p in params.items() if p.requires_grad}
+
+    assert requires == expected_trainable == set(denoiser.trainable_parameters())
+    assert with_grad == expected_trainable
+    assert all(params[n].grad is None for n in expected_frozen)
+    # Count both sets: every ControlNet tensor and 4 U-Net CSMs + MSFMs train, the backbone not.
+    n_unet_adapter = sum(1 for n in params if n.startswith("unet.") and is_adapter_key(n))
+    n_controlnet = sum(1 for n in params if n.startswith("controlnet."))
+    assert len(with_grad) == n_controlnet + n_unet_adapter
+    assert len(expected_frozen) == sum(1 for n in params if n.startswith("unet.")) - n_unet_adapter
+    assert n_unet_adapter == 4 * (
+        len(list(CSMProcessor(32, 32, 24).parameters())) + len(list(MSFM(32, TINY).parameters()))
+    )
+    assert len(expected_frozen) > 0
+
+
+@pytest.mark.parametrize("size", [(4, 4), (8, 12), (10, 6), (6, 16)])
+def test_output_shape_follows_the_latent_at_any_aspect(size):
+    denoiser = tiny_denoiser()
+    randomise_new_modules(denoiser)
+    with torch.no_grad():
+        out = denoiser(**inputs(2, *size))
+    assert out.shape == (2, 4, *size)
+    assert torch.isfinite(out).all()
+
+
+def test_guidance_maps_at_any_resolution_are_resized_per_block():
+    denoiser = tiny_denoiser()
+    randomise_new_modules(denoiser)
+    args = inputs(1, 8, 12)
+    small = args["conditions"].map(lambda t: t)
+    small.hed, small.depth, small.seg = (
+        torch.rand(1, 1, 20, 30),
+        torch.rand(1, 1, 20, 30),
+        torch.rand(1, 3, 20, 30),
+    )
+    with torch.no_grad():
+        out = denoiser(**{**args, "conditions": small})
+    assert out.shape == (1, 4, 8, 12) and torch.isfinite(out).all()
+
+
+def test_shared_connector_config_builds_one_connector():
+    denoiser = tiny_denoiser(config=replace(TINY, connector="shared"))
+    assert denoiser.connector is not None
+    assert all(m.connector is None for m in denoiser.modules() if isinstance(m, CSMProcessor))
+    randomise_new_modules(denoiser)
+    with torch.no_grad():
+        out = denoiser(**inputs(1, 4, 4))
+    assert out.shape == (1, 4, 4, 4)
+    assert "connector.weight" in denoiser.adapter_state_dict()
+
+
+def test_msfm_is_recomputed_under_gradient_checkpointing_with_the_same_gradients():
+    def grads(checkpointing: bool) -> tuple[dict[str, torch.Tensor], list[str]]:
+        denoiser = tiny_denoiser()
+        randomise_new_modules(denoiser)
+        denoiser.set_trainable()
+        recomputed: list[str] = []
+        if checkpointing:
+
+            def checkpoint(module, *args):
+                recomputed.append(type(module).__name__)
+                return torch.utils.checkpoint.checkpoint(
+                    module.__call__, *args, use_reentrant=False
+                )
+
+            denoiser.unet.enable_gradient_checkpointing(checkpoint)
+            denoiser.controlnet.enable_gradient_checkpointing(checkpoint)
+        denoiser.train()
+        denoiser(**inputs(1, 8, 8)).square().mean().backward()
+        return {n: p.grad for n, p in denoiser.named_parameters() if p.grad is not None}, recomputed
+
+    plain, _ = grads(False)
+    checkpointed, recomputed = grads(True)
+    assert recomputed.count("MSFM") == 6  # 4 in the U-Net, 2 in the ControlNet
+    assert plain.keys() == checkpointed.keys()
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
