@@ -11,7 +11,15 @@ import sys
 from collections.abc import Sequence
 
 from megasr import __version__
-from megasr.cli import client_cmd, model_cmd, serve_cmd, upscale_cmd, worker_cmd
+from megasr.cli import (
+    bench_cmd,
+    client_cmd,
+    eval_cmd,
+    model_cmd,
+    serve_cmd,
+    upscale_cmd,
+    worker_cmd,
+)
 from megasr.errors import MegaSRError
 
 EXIT_ERROR = 1
@@ -24,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"megasr {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (upscale_cmd, serve_cmd, worker_cmd, client_cmd, model_cmd):
+    for module in (upscale_cmd, serve_cmd, worker_cmd, client_cmd, model_cmd, eval_cmd, bench_cmd):
         module.add_parser(commands)
     return parser
 

@@ -1,0 +1,120 @@
+"""``megasr bench``: speed and memory of the engines and their peers on this machine.
+
+    megasr bench                                   # default engine, float32 and fast path
+    megasr bench --peers --image samples/coffee.jpg
+    megasr bench --engine megasr --model CKPT/ --size 64 --batches 1,2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from megasr.errors import InvalidParameterError
+from megasr.files import write_atomic
+from megasr.settings import Settings
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "bench",
+        help="measure engine speed and memory",
+        description=(
+            "Time each engine in float32 and on its fast path on the same tile, optionally "
+            "with the default engine's peers (plain float32 PyTorch, the ncnn CPU runtime), "
+            "and tiles per second by batch size."
+        ),
+    )
+    parser.add_argument(
+        "--engine",
+        action="append",
+        dest="engines",
+        metavar="ENGINE",
+        help="engine to measure, repeatable (default: auto)",
+    )
+    parser.add_argument("--model", type=Path, default=None, help="MegaSR checkpoint folder")
+    parser.add_argument(
+        "--dtypes",
+        default="float32,auto",
+        help="precisions per engine; auto = the engine's fast path (default: float32,auto)",
+    )
+    parser.add_argument("--size", type=int, default=128, help="input tile side (default 128)")
+    parser.add_argument("--batches", default="1,2,4,8", help="batch sizes (default 1,2,4,8)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls; the best counts")
+    parser.add_argument(
+        "--peers", action="store_true", help="also run the default engine's peers"
+    )
+    parser.add_argument(
+        "--image", type=Path, default=None, help="photo to cut the tile from (default: a test pattern)"
+    )
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--format", choices=("md", "json"), default="md", dest="table_format")
+    parser.add_argument("-o", "--output", type=Path, default=None, help="report file (default: stdout)")
+    parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from megasr.imaging.image import ImageLimits
+    from megasr.model.benchmark.benchmark import BenchConfig, run_benchmark, test_pattern
+    from megasr.model.benchmark.report import FORMATS
+    from megasr.model.device import resolve_device
+    from megasr.model.engines.registry import resolve_engine_name
+    from megasr.model.evaluation.dataset import read_rgb8
+
+    settings = Settings(**({} if args.model is None else {"megasr_model": args.model}))
+    config = BenchConfig(
+        engines=list(
+            dict.fromkeys(resolve_engine_name(e, settings) for e in args.engines or ["auto"])
+        ),
+        dtypes=_dtypes(args.dtypes),
+        size=_positive("--size", args.size),
+        batches=_batches(args.batches),
+        repeats=_positive("--repeats", args.repeats),
+        peers=args.peers,
+        device=resolve_device(args.device),
+        settings=settings,
+    )
+    if args.image is None:
+        image, input_name = test_pattern(args.size), "a seeded test pattern"
+    else:
+        limits = ImageLimits(settings.max_upload_bytes, settings.max_input_pixels)
+        image, input_name = read_rgb8(args.image, limits), f"`{args.image.name}`"
+    report = run_benchmark(config, image, input_name, progress=lambda m: _status(m, args.quiet))
+    text = FORMATS[args.table_format](report)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        write_atomic(args.output, text.encode())
+    return 0
+
+
+def _dtypes(text: str) -> list[str]:
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    allowed = ("auto", "float32", "bfloat16", "float16")
+    unknown = [n for n in names if n not in allowed]
+    if not names or unknown:
+        raise InvalidParameterError(f"--dtypes takes a list of {', '.join(allowed)}")
+    return names
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        batches = sorted({int(b) for b in text.split(",") if b.strip()})
+    except ValueError:
+        raise InvalidParameterError(f"--batches takes a list of integers, got {text!r}") from None
+    if not batches or batches[0] < 1:
+        raise InvalidParameterError("--batches takes batch sizes of 1 or more")
+    return batches
+
+
+def _positive(option: str, value: int) -> int:
+    if value < 1:
+        raise InvalidParameterError(f"{option} must be 1 or more, got {value}")
+    return value
+
+
+def _status(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(f"megasr bench: {message}", file=sys.stderr)

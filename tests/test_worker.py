@@ -1,0 +1,589 @@
+"""The worker, end to end: a real Redis server, real ``megasr worker`` processes, real images.
+
+Jobs are enqueued the way the gateway enqueues them (payload in, input in storage). Workers
+run tiny real networks from :mod:`worker_engines`; a "hold" file makes their engine calls wait,
+so a test decides when a batch in hand may go on, without sleeps. Every wait is a poll with a
+deadline. The heartbeat and maintenance knobs are short, so a SIGKILLed worker's job is
+recovered by RQ within seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+from rq import Queue, Retry, SimpleWorker
+from rq.command import send_stop_job_command
+from rq.job import Job, JobStatus
+from rq.registry import clean_registries
+from rq.utils import now
+
+from megasr.cancellation import request_cancel
+from megasr.embedded_redis import EmbeddedRedis
+from megasr.engine_status import EngineState, read_engines
+from megasr.jobs import TASK_FUNC, JobPayload, UpscaleParams, new_job_id
+from megasr.queue import JOB_SERIALIZER, enqueue_upscale, get_queue, redis_connection
+from megasr.settings import Settings, get_settings
+from megasr.storage import LocalStorage, input_key
+from megasr.worker import runtime as worker_runtime
+
+TESTS = Path(__file__).resolve().parent
+ENGINES = [
+    "worker_engines:TinyEngine",
+    "worker_engines:OutOfMemoryEngine",
+    "worker_engines:OverflowEngine",
+    "worker_engines:SelfHealingOverflowEngine",
+    "worker_engines:PickyEngine",
+]
+SECRET = "test-webhook-secret"
+DEADLINE_S = 30.0
+
+WORKER_METRICS = (  # as exposed: counters carry their _total
+    "megasr_job_stage_duration_seconds",
+    "megasr_job_queue_wait_seconds",
+    "megasr_batch_size_tiles",
+    "megasr_tiles_processed_total",
+    "megasr_input_megapixels_total",
+    "megasr_output_megapixels_total",
+    "megasr_oom_retries_total",
+    "megasr_nan_retries_total",
+    "megasr_engine_loaded",
+    "megasr_worker_busy",
+    "megasr_device_memory_allocated_bytes",
+    "megasr_device_memory_reserved_bytes",
+    "megasr_jobs_finished_total",
+)
+
+
+def wait_for(predicate: Callable[[], object], what: str, timeout_s: float = DEADLINE_S):
+    """Poll ``predicate`` until it returns something true; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+class Cluster:
+    """One Redis, one storage folder, and helpers to enqueue jobs as the gateway does."""
+
+    def __init__(self, root: Path, redis: EmbeddedRedis) -> None:
+        self.root = root
+        self.redis_url = redis.url
+        self.data_dir = root / "data"
+        self.connection = redis_connection(Settings(redis_url=redis.url))
+        self.storage = LocalStorage(self.data_dir / "objects")
+
+    def env(self, queue: str, hold: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]),
+            MEGASR_REDIS_URL=self.redis_url,
+            MEGASR_DATA_DIR=str(self.data_dir),
+            MEGASR_QUEUE_NAME=queue,
+            MEGASR_WORKER_ENGINES=json.dumps(ENGINES),
+            MEGASR_DEVICE="cpu",
+            MEGASR_MAX_WAIT_MS="100",
+            MEGASR_MAX_BATCH_TILES="8",
+            MEGASR_HEARTBEAT_INTERVAL_S="0.5",
+            MEGASR_HEARTBEAT_TTL_S="3",
+            MEGASR_WORKER_TTL_S="16",  # RQ polls the queue every worker_ttl - 15 = 1 s
+            MEGASR_WORKER_MAINTENANCE_INTERVAL_S="1",
+            MEGASR_WEBHOOK_SECRET=SECRET,
+            MEGASR_WEBHOOK_BACKOFF_S="0.05",
+            MEGASR_TEST_HOLD=str(hold),
+            OMP_NUM_THREADS="1",  # several workers share the machine's cores
+        )
+        return env
+
+    def settings(self, queue: str, **overrides: object) -> Settings:
+        return Settings(
+            redis_url=self.redis_url, data_dir=self.data_dir, queue_name=queue, **overrides
+        )
+
+    def queue(self, name: str) -> Queue:
+        return get_queue(self.settings(name), self.connection)
+
+    def payload(self, pixels: np.ndarray, **params: object) -> JobPayload:
+        """Store ``pixels`` as a PNG input and build the job's payload."""
+        job_id = new_job_id()
+        key = input_key(job_id, "png")
+        self.storage.put(key, png_bytes(pixels), "image/png")
+        height, width = pixels.shape[:2]
+        fields = {"engine": "tiny", "output_format": "png", **params}
+        return {
+            "job_id": job_id,
+            "tenant": "test",
+            "params": UpscaleParams.parse(fields).model_dump(mode="json"),
+            "input_key": key,
+            "input": {"width": width, "height": height, "format": "png"},
+            "created_at": "2025-01-01T00:00:00+00:00",
+        }
+
+    def submit(self, queue: str, payloads: list[JobPayload]) -> list[Job]:
+        """Enqueue in one transaction, so one worker finds them all waiting together."""
+        settings = self.settings(queue)
+        rq_queue = self.queue(queue)
+        datas = [
+            Queue.prepare_data(
+                TASK_FUNC,
+                args=(dict(p),),
+                job_id=p["job_id"],
+                timeout=settings.job_timeout_s,
+                result_ttl=settings.result_ttl_s,
+                failure_ttl=settings.result_ttl_s,
+                retry=Retry(max=settings.max_retries),
+            )
+            for p in payloads
+        ]
+        return rq_queue.enqueue_many(datas)
+
+    def submit_one(self, queue: str, payload: JobPayload, **settings: object) -> Job:
+        """Enqueue with the gateway's own call (``settings`` override its job options)."""
+        return enqueue_upscale(self.queue(queue), payload, self.settings(queue, **settings))
+
+    def job(self, job_id: str) -> Job:
+        return Job.fetch(job_id, connection=self.connection, serializer=JOB_SERIALIZER)
+
+    def status(self, job_id: str) -> JobStatus:
+        return self.job(job_id).get_status()
+
+    def wait_status(self, job_id: str, *statuses: JobStatus) -> Job:
+        wait_for(lambda: self.status(job_id) in statuses, f"job {job_id} to be {statuses}")
+        return self.job(job_id)
+
+    def output(self, job: Job) -> np.ndarray:
+        return decode_png(self.storage.get(job.meta["output"]["key"]))
+
+
+class WorkerProcess:
+    """``megasr worker`` in a child process, with its metrics port."""
+
+    def __init__(self, cluster: Cluster, queue: str, name: str, burst: bool = False) -> None:
+        self.hold = cluster.root / f"hold-{name}"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.name = name
+        self.log = (cluster.root / f"{name}.log").open("wb")
+        command = [sys.executable, "-m", "megasr.cli.main", "worker"]
+        command += ["--name", name, "--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--burst"] if burst else []
+        self.process = subprocess.Popen(
+            command, env=cluster.env(queue, self.hold), stdout=self.log, stderr=self.log
+        )
+
+    def wait_ready(self) -> WorkerProcess:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                pytest.fail(f"worker {self.name} exited with {self.process.returncode}")
+            try:
+                return http_get(self.url + "/readyz")[0] == 200
+            except OSError:
+                return False
+
+        wait_for(ready, f"worker {self.name} to be ready", timeout_s=60)
+        return self
+
+    def metrics(self) -> dict[tuple[str, tuple], float]:
+        status, body = http_get(self.url + "/metrics")
+        assert status == 200
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples
+        }
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def value(metrics: dict, name: str, **labels: str) -> float:
+    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("worker")
+    with EmbeddedRedis(root / "redis") as redis:
+        yield Cluster(root, redis)
+
+
+@pytest.fixture(scope="module")
+def worker(cluster: Cluster) -> Iterator[WorkerProcess]:
+    """The worker most tests share, on the queue "shared"."""
+    process = WorkerProcess(cluster, "shared", "shared-worker")
+    try:
+        yield process.wait_ready()
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def photo(coffee: np.ndarray) -> np.ndarray:
+    return coffee[150:190, 250:298]  # 48 x 40: four 32-pixel tiles with their overlap
+
+
+@pytest.fixture
+def hold(worker: WorkerProcess) -> Iterator[Path]:
+    """While this file exists, the shared worker's engine calls wait."""
+    worker.hold.touch()
+    yield worker.hold
+    worker.hold.unlink(missing_ok=True)
+
+
+class WebhookReceiver:
+    """A real HTTP endpoint on loopback that answers 503 to each job's first delivery."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[tuple[dict[str, str], bytes]] = []
+        self.attempts: dict[str, int] = {}
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                job_id = json.loads(body)["id"]
+                receiver.attempts[job_id] = receiver.attempts.get(job_id, 0) + 1
+                if receiver.attempts[job_id] == 1:
+                    self.send_response(503)
+                else:
+                    receiver.deliveries.append(
+                        ({k.lower(): v for k, v in self.headers.items()}, body)
+                    )
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# -- the shared worker ------------------------------------------------------------------------
+
+
+def test_probes_and_metrics_port(cluster: Cluster, worker: WorkerProcess) -> None:
+    assert http_get(worker.url + "/healthz") == (200, b'{"status": "ok"}')
+    assert http_get(worker.url + "/readyz")[0] == 200
+    _, body = http_get(worker.url + "/metrics")
+    text = body.decode()
+    for name in WORKER_METRICS:
+        assert f"# TYPE {name} " in text, name
+    assert 'megasr_engine_loaded{engine="tiny"} 1.0' in text
+    assert "job_id" not in text
+    # The worker announces its engines for the gateway's GET /v1/engines.
+    catalog = read_engines(cluster.connection)
+    tiny = next(info for info in catalog.engines if info.name == "tiny")
+    assert tiny.state == EngineState.READY and tiny.workers >= 1
+
+
+def test_end_to_end_output_has_requested_size(cluster: Cluster, worker, photo) -> None:
+    by_scale = cluster.payload(photo, scale=2.5)
+    by_width = cluster.payload(photo, width=100)
+    jobs = [cluster.submit_one("shared", p) for p in (by_scale, by_width)]
+
+    done = [cluster.wait_status(job.id, JobStatus.FINISHED) for job in jobs]
+
+    assert cluster.output(done[0]).shape == (100, 120, 3)
+    assert cluster.output(done[1]).shape == (83, 100, 3)  # 40 * 100 / 48, rounded
+    for job in done:
+        meta = job.meta
+        assert meta["progress"] == 1.0 and meta["stage"] == "done"
+        assert set(meta["timings"]) == {"decode", "preprocess", "inference", "encode", "upload"}
+        assert job.return_value() == meta["output"]
+        assert meta["output"]["bytes"] == len(cluster.storage.get(meta["output"]["key"]))
+
+
+def run_alone_with_plain_rq(
+    cluster: Cluster, payloads: list[JobPayload], monkeypatch: pytest.MonkeyPatch
+) -> list[np.ndarray]:
+    """Copies of the jobs, one at a time, through the plain RQ task in this process."""
+    monkeypatch.setenv("MEGASR_REDIS_URL", cluster.redis_url)
+    monkeypatch.setenv("MEGASR_DATA_DIR", str(cluster.data_dir))
+    monkeypatch.setenv("MEGASR_WORKER_ENGINES", json.dumps(ENGINES[:1]))
+    monkeypatch.setenv("MEGASR_DEVICE", "cpu")
+    monkeypatch.syspath_prepend(str(TESTS))
+    monkeypatch.setattr(worker_runtime, "_runtime", None)
+    monkeypatch.setattr(SimpleWorker, "_install_signal_handlers", lambda self: None)
+    get_settings.cache_clear()
+    try:
+        jobs = [cluster.submit_one("alone", {**p, "job_id": new_job_id()}) for p in payloads]
+        queue = cluster.queue("alone")
+        SimpleWorker([queue], connection=cluster.connection, serializer=JOB_SERIALIZER).work(
+            burst=True
+        )
+    finally:
+        get_settings.cache_clear()
+    return [cluster.output(cluster.wait_status(job.id, JobStatus.FINISHED)) for job in jobs]
+
+
+def test_batched_jobs_share_engine_calls_and_equal_jobs_run_alone(
+    cluster: Cluster, worker, coffee: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corners = ((0, 0), (100, 200), (200, 300), (300, 450))
+    payloads = [cluster.payload(coffee[y : y + 24, x : x + 30]) for y, x in corners]  # 1 tile
+    before = worker.metrics()
+
+    jobs = cluster.submit("shared", payloads)
+    batched = [cluster.output(cluster.wait_status(j.id, JobStatus.FINISHED)) for j in jobs]
+
+    after = worker.metrics()
+    count, total = "megasr_batch_size_tiles_count", "megasr_batch_size_tiles_sum"
+    assert value(after, total) - value(before, total) == len(jobs)
+    assert value(after, count) - value(before, count) < len(jobs)  # engine calls
+    alone = run_alone_with_plain_rq(cluster, payloads, monkeypatch)
+    for batched_output, alone_output in zip(batched, alone, strict=True):
+        assert np.abs(batched_output - alone_output).max() <= 1
+
+
+def test_bad_input_fails_alone_and_webhooks_are_signed(cluster: Cluster, worker, photo) -> None:
+    receiver = WebhookReceiver()
+    try:
+        good = cluster.payload(photo, webhook_url=receiver.url)
+        bad = cluster.payload(photo, webhook_url=receiver.url)
+        cluster.storage.put(bad["input_key"], png_bytes(photo)[:300], "image/png")  # truncated
+        mate = cluster.payload(photo[:24, :30])
+        jobs = cluster.submit("shared", [good, bad, mate])
+
+        failed = cluster.wait_status(bad["job_id"], JobStatus.FAILED)
+        for job in (jobs[0], jobs[2]):
+            cluster.wait_status(job.id, JobStatus.FINISHED)
+        wait_for(lambda: len(receiver.deliveries) == 2, "both webhooks")
+    finally:
+        receiver.close()
+
+    assert failed.meta["error"]["status"] == 400
+    assert failed.meta["error"]["type"].endswith("invalid-image")
+    assert len(failed.results()) == 1  # bad input is not retried
+    assert not cluster.storage.exists(f"outputs/{bad['job_id']}/output.png")
+    bodies = {}
+    for headers, body in receiver.deliveries:
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(headers["x-megasr-signature"], expected)
+        view = json.loads(body)
+        bodies[view["id"]] = view
+    assert receiver.attempts == {good["job_id"]: 2, bad["job_id"]: 2}  # 503 first, then retried
+    assert bodies[good["job_id"]]["status"] == "succeeded"
+    assert bodies[good["job_id"]]["output"]["width"] == 4 * 48
+    assert bodies[bad["job_id"]]["status"] == "failed"
+    assert bodies[bad["job_id"]]["error"]["status"] == 400
+
+
+def test_engine_failure_in_a_shared_call_fails_only_its_job(cluster: Cluster, worker, photo):
+    white = np.full_like(photo, 255)
+    failing, fine = cluster.submit(
+        "shared", [cluster.payload(p, engine="tiny-picky") for p in (white, photo)]
+    )
+
+    assert cluster.wait_status(fine.id, JobStatus.FINISHED).meta["output"]
+    failed = cluster.wait_status(failing.id, JobStatus.FAILED)
+    assert failed.meta["error"]["status"] == 500
+    assert failed.retries_left == 0  # a worker-side error is retried until retries run out
+
+
+def test_job_past_its_timeout_fails(cluster: Cluster, worker, photo, hold: Path) -> None:
+    slow = cluster.payload(photo[:24, :30])
+    job = cluster.submit_one("shared", slow, job_timeout_s=1, max_retries=0)
+    started = cluster.wait_status(job.id, JobStatus.STARTED).started_at
+
+    wait_for(lambda: (now() - started).total_seconds() > 1.5, "the job's timeout to pass")
+    hold.unlink()
+
+    failed = cluster.wait_status(job.id, JobStatus.FAILED)
+    assert "timeout" in failed.meta["error"]["detail"]
+    assert not cluster.storage.exists(f"outputs/{job.id}/output.png")
+
+
+def test_cancel_and_stop_running_jobs(cluster: Cluster, worker, photo, hold: Path) -> None:
+    # 4 + 3 + 4 tiles: the first engine call takes 8 of them, the canceled job's last 3 wait
+    # for a second call (so its cancel is seen between calls, the stop before storing).
+    kept, stopped, canceled = cluster.submit(
+        "shared", [cluster.payload(photo), cluster.payload(photo[:24, :64]), cluster.payload(photo)]
+    )
+    for job in (kept, stopped, canceled):
+        cluster.wait_status(job.id, JobStatus.STARTED)
+    before = worker.metrics()
+    assert value(before, "megasr_worker_busy") == 1
+
+    request_cancel(cluster.connection, canceled.id, ttl_s=600)  # what the gateway's DELETE does
+    send_stop_job_command(cluster.connection, stopped.id, serializer=JOB_SERIALIZER)
+    hold.unlink()  # the first engine call may now finish
+
+    assert cluster.wait_status(kept.id, JobStatus.FINISHED).meta["output"]
+    assert cluster.wait_status(canceled.id, JobStatus.CANCELED).meta["stage"] == "canceled"
+    cluster.wait_status(stopped.id, JobStatus.STOPPED)
+    for job in (canceled, stopped):
+        assert not cluster.storage.exists(f"outputs/{job.id}/output.png")
+    registry = cluster.queue("shared").started_job_registry
+    wait_for(lambda: not registry.get_job_ids(), "the started registry to empty")
+    after = worker.metrics()
+    labels = {"engine": "tiny", "status": "canceled"}
+    finished = "megasr_jobs_finished_total"
+    assert value(after, finished, **labels) - value(before, finished, **labels) == 2
+
+
+def test_out_of_memory_halves_the_batch(cluster: Cluster, worker, photo) -> None:
+    reference = cluster.submit_one("shared", cluster.payload(photo))
+    expected = cluster.output(cluster.wait_status(reference.id, JobStatus.FINISHED))
+    before = worker.metrics()
+    oom = cluster.submit_one("shared", cluster.payload(photo, engine="tiny-oom"))  # 4 tiles
+
+    done = cluster.wait_status(oom.id, JobStatus.FINISHED)
+
+    after = worker.metrics()
+    assert value(after, "megasr_oom_retries_total") - value(before, "megasr_oom_retries_total") == 1
+    calls = value(after, "megasr_batch_size_tiles_count") - value(
+        before, "megasr_batch_size_tiles_count"
+    )
+    assert calls == 2  # 4 tiles ran out of memory, then 2 + 2
+    assert np.abs(cluster.output(done) - expected).max() <= 1
+
+
+def test_nan_output_is_retried_in_float32(cluster: Cluster, worker, photo) -> None:
+    reference = cluster.submit_one("shared", cluster.payload(photo))
+    expected = cluster.output(cluster.wait_status(reference.id, JobStatus.FINISHED))
+    before = worker.metrics()
+    # One engine returns the NaN (the worker reruns on a float32 twin), one reruns itself.
+    overflows = cluster.submit(
+        "shared", [cluster.payload(photo, engine=e) for e in ("tiny-nan", "tiny-nan-rerun")]
+    )
+
+    done = [cluster.wait_status(job.id, JobStatus.FINISHED) for job in overflows]
+
+    after = worker.metrics()
+    retries = value(after, "megasr_nan_retries_total") - value(before, "megasr_nan_retries_total")
+    assert retries == 2  # one engine call each, each retried once
+    for job in done:
+        assert np.abs(cluster.output(job) - expected).max() <= 1
+
+
+# -- workers of their own ---------------------------------------------------------------------
+
+
+def test_killed_worker_job_is_retried_by_a_new_worker(cluster: Cluster, photo) -> None:
+    doomed = WorkerProcess(cluster, "kill", "doomed-worker")
+    rescuer = None
+    try:
+        doomed.wait_ready()
+        doomed.hold.touch()  # its engine never finishes a call
+        job = cluster.submit_one("kill", cluster.payload(photo))
+        started = cluster.wait_status(job.id, JobStatus.STARTED)
+        assert started.worker_name == "doomed-worker"
+        rescuer = WorkerProcess(cluster, "kill", "rescuer-worker")  # no hold file of its own
+
+        # Heartbeats keep a long-running job ours: past its first 3 s lease, RQ's cleanup
+        # (as the gateway runs it) still finds it started, not abandoned.
+        def beat_past_first_lease() -> bool:
+            beat = cluster.job(job.id).last_heartbeat
+            return beat is not None and (beat - started.started_at).total_seconds() > 4
+
+        wait_for(beat_past_first_lease, "a heartbeat past the first lease")
+        clean_registries(cluster.queue("kill"))
+        assert cluster.status(job.id) == JobStatus.STARTED
+        assert job.id in cluster.queue("kill").started_job_registry.get_job_ids()
+        rescuer.wait_ready()
+
+        doomed.process.kill()
+        doomed.process.wait()
+
+        done = cluster.wait_status(job.id, JobStatus.FINISHED)
+        assert done.worker_name == "rescuer-worker"
+        assert done.retries_left == cluster.settings("kill").max_retries - 1
+        assert cluster.output(done).shape == (160, 192, 3)
+    finally:
+        doomed.stop()
+        if rescuer is not None:
+            rescuer.stop()
+
+
+def test_sigterm_finishes_the_batch_in_hand(cluster: Cluster, photo) -> None:
+    worker = WorkerProcess(cluster, "term", "terminated-worker")
+    try:
+        worker.wait_ready()
+        worker.hold.touch()
+        in_hand = cluster.submit("term", [cluster.payload(photo) for _ in range(2)])
+        for job in in_hand:
+            cluster.wait_status(job.id, JobStatus.STARTED)
+        waiting = cluster.submit_one("term", cluster.payload(photo))
+
+        worker.process.send_signal(signal.SIGTERM)
+        wait_for(
+            lambda: cluster.connection.hget(f"rq:worker:{worker.name}", "shutdown_requested_date"),
+            "the shutdown request",
+        )
+        worker.hold.unlink()
+
+        assert worker.process.wait(timeout=DEADLINE_S) == 0
+        for job in in_hand:
+            assert cluster.status(job.id) == JobStatus.FINISHED
+        assert cluster.status(waiting.id) == JobStatus.QUEUED
+    finally:
+        worker.stop()
+
+
+def test_burst_worker_drains_the_queue_and_exits(cluster: Cluster, photo) -> None:
+    job = cluster.submit_one("burst", cluster.payload(photo, scale=1))
+    worker = WorkerProcess(cluster, "burst", "burst-worker", burst=True)
+    try:
+        assert worker.process.wait(timeout=60) == 0
+    finally:
+        worker.stop()
+    assert cluster.output(cluster.job(job.id)).shape == (40, 48, 3)
