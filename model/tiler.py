@@ -13,7 +13,7 @@ so a flat or smooth image comes back with no seam.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -129,25 +129,6 @@ class TileAccumulator:
         wy = _ramp_window(lay.tile, lay.overlap, y > 0, y + lay.tile < lay.padded_height, s)
         wx = _ramp_window(lay.tile, lay.overlap, x > 0, x + lay.tile < lay.padded_width, s)
         return wy[:, None] * wx[None, :]
-
-
-def run_tiled(
-    image: torch.Tensor,
-    run: Callable[[torch.Tensor], torch.Tensor],
-    layout: TileLayout,
-    scale: int,
-    batch_size: int = 4,
-    on_batch: Callable[[int], None] | None = None,
-) -> torch.Tensor:
-    """Upscale one (C, H, W) image tile by tile with ``run``; ``on_batch(n)`` after each batch."""
-    tiles = extract_tiles(image, layout)
-    acc = TileAccumulator(layout, scale, channels=image.shape[0])
-    for first in range(0, len(tiles), batch_size):
-        batch = tiles[first : first + batch_size]
-        acc.add(first, run(batch))
-        if on_batch is not None:
-            on_batch(len(batch))
-    return acc.result()
 
 
 def _starts(length: int, tile: int, overlap: int) -> tuple[int, ...]:

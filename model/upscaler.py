@@ -4,6 +4,9 @@ The engine upscales by its native factor, tile by tile; this module owns the res
 is split off and resized on its own (an SR network would invent texture in a mask), the
 tiles are blended back, and a high-quality resize takes the native output to the exact
 requested size (a downscale for scales below the native one, an upscale above it).
+
+:func:`cut_tiles` and :func:`finish_image` are the two ends of that path; the worker calls
+them itself so that tiles of many images can share engine calls in between.
 """
 
 from __future__ import annotations
@@ -16,18 +19,48 @@ import torch
 from megasr.imaging.image import DecodedImage
 from megasr.imaging.resize import resize
 from megasr.imaging.sizing import OutputSize
-from megasr.model.engines.base import Engine
-from megasr.model.tiler import fitted_tile, plan_tiles, run_tiled
+from megasr.model.engines.base import Engine, TileSpec
+from megasr.model.tiler import TileAccumulator, TileLayout, extract_tiles, fitted_tile, plan_tiles
 
 TileProgress = Callable[[int, int], None]
 
 
-class Upscaler:
-    """Runs one engine over whole images.
+def cut_tiles(
+    image: DecodedImage, spec: TileSpec, fit: bool = False
+) -> tuple[torch.Tensor, TileLayout]:
+    """The engine tiles of ``image``'s colour channels, and where they lie.
 
-    ``fit_tiles`` shrinks the tile to the image when one image is processed alone (the CLI);
-    the worker keeps the engine's fixed tile so tiles of many images share a batch.
+    ``fit`` shrinks the tile to an image smaller than one tile: cheaper when an image runs
+    alone, but only full-size tiles can share a batch with other images.
     """
+    tile = fitted_tile(image.height, image.width, spec.size, spec.multiple) if fit else spec.size
+    layout = plan_tiles(image.height, image.width, tile, spec.overlap, spec.multiple)
+    pixels = torch.from_numpy(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))
+    return extract_tiles(pixels, layout), layout
+
+
+def finish_image(
+    native: torch.Tensor, source: DecodedImage, width: int, height: int
+) -> DecodedImage:
+    """The blended native-scale output (3, H, W), resized to ``width`` x ``height``.
+
+    Alpha is resized from the source on its own and re-attached; the source's format, bit
+    depth and grayscale flag carry over so the encoder can keep them.
+    """
+    rgb = resize(native.permute(1, 2, 0).numpy(), width, height)
+    alpha = None if source.alpha is None else resize(source.alpha, width, height)
+    return DecodedImage(
+        rgb=rgb,
+        alpha=alpha,
+        source_format=source.source_format,
+        bit_depth=source.bit_depth,
+        grayscale=source.grayscale,
+        notes=source.notes,
+    )
+
+
+class Upscaler:
+    """Runs one engine over whole images, one image at a time (the CLI, evaluation)."""
 
     def __init__(self, engine: Engine, batch_size: int = 4, fit_tiles: bool = True) -> None:
         self.engine = engine
@@ -36,7 +69,11 @@ class Upscaler:
 
     def count_tiles(self, image: DecodedImage) -> int:
         """How many engine tiles ``image`` takes (for progress bars)."""
-        return len(self._layout(image))
+        spec = self.engine.tile_spec
+        tile = spec.size
+        if self.fit_tiles:
+            tile = fitted_tile(image.height, image.width, spec.size, spec.multiple)
+        return len(plan_tiles(image.height, image.width, tile, spec.overlap, spec.multiple))
 
     def upscale(
         self,
@@ -47,35 +84,10 @@ class Upscaler:
     ) -> DecodedImage:
         """Upscale ``image`` to ``size``; ``on_tiles(done, total)`` after each engine batch."""
         width, height = size.resolve(image.width, image.height, max_output_pixels)
-        layout = self._layout(image)
-        done = 0
-
-        def progress(count: int) -> None:
-            nonlocal done
-            done += count
+        tiles, layout = cut_tiles(image, self.engine.tile_spec, fit=self.fit_tiles)
+        accumulator = TileAccumulator(layout, self.engine.native_scale)
+        for first in range(0, len(tiles), self.batch_size):
+            accumulator.add(first, self.engine.run(tiles[first : first + self.batch_size]))
             if on_tiles is not None:
-                on_tiles(done, len(layout))
-
-        pixels = torch.from_numpy(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))
-        native = run_tiled(
-            pixels, self.engine.run, layout, self.engine.native_scale, self.batch_size, progress
-        )
-        rgb = native.permute(1, 2, 0).numpy()
-        if rgb.shape[:2] != (height, width):
-            rgb = resize(rgb, width, height)
-        alpha = None if image.alpha is None else resize(image.alpha, width, height)
-        return DecodedImage(
-            rgb=rgb,
-            alpha=alpha,
-            source_format=image.source_format,
-            bit_depth=image.bit_depth,
-            grayscale=image.grayscale,
-            notes=image.notes,
-        )
-
-    def _layout(self, image: DecodedImage):
-        spec = self.engine.tile_spec
-        tile = spec.size
-        if self.fit_tiles:  # a fitted tile smaller than the spec holds the whole image
-            tile = fitted_tile(image.height, image.width, spec.size, spec.multiple)
-        return plan_tiles(image.height, image.width, tile, spec.overlap, spec.multiple)
+                on_tiles(min(first + self.batch_size, len(tiles)), len(tiles))
+        return finish_image(accumulator.result(), image, width, height)

@@ -10,19 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from megasr.cli.main import main
 
 
 def sharpness(image: np.ndarray) -> float:
-    """Mean gradient magnitude of the luma: a simple no-reference sharpness measure.
+    """Variance of the Laplacian of the luma, the classic no-reference focus measure.
 
-    Bicubic interpolation spreads every edge over several pixels; a restoring upscaler
-    rebuilds steep edges, so its mean gradient is larger.
+    Bicubic interpolation spreads every edge over several pixels and so leaves almost no
+    second derivative; a restoring upscaler rebuilds steep edges. (The mean gradient is a
+    poor measure here: the GAN also cleans flat areas, which lowers it.)
     """
     luma = np.asarray(Image.fromarray(image).convert("L"), dtype=np.float64)
-    gy, gx = np.gradient(luma)
-    return float(np.hypot(gx, gy).mean())
+    return float(ndimage.laplace(luma).var())
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -46,16 +47,17 @@ def test_upscale_is_sharper_than_bicubic(degraded: Path, tmp_path: Path) -> None
     upscaled = np.asarray(Image.open(out).convert("RGB"))
     assert upscaled.shape == (400, 600, 3)
     bicubic = np.asarray(Image.open(degraded).resize((600, 400), Image.Resampling.BICUBIC))
-    assert sharpness(upscaled) > 1.3 * sharpness(bicubic)
+    assert sharpness(upscaled) > 3 * sharpness(bicubic)  # measured here: about 9x
 
 
 @pytest.mark.parametrize(
     ("flags", "size"),
     [
-        (["--scale", "1"], (150, 100)),
-        (["--scale", "2"], (300, 200)),
-        (["--scale", "3.5"], (525, 350)),
-        (["--scale", "8"], (1200, 800)),
+        (["--scale", "1"], (30, 20)),
+        (["--scale", "2"], (60, 40)),
+        (["--scale", "3.5"], (105, 70)),
+        (["--scale", "4"], (120, 80)),
+        (["--scale", "8"], (240, 160)),
         (["--width", "200"], (200, 133)),
         (["--height", "50"], (75, 50)),
     ],
@@ -64,9 +66,9 @@ def test_output_sizes(
     degraded: Path, tmp_path: Path, flags: list[str], size: tuple[int, int]
 ) -> None:
     small = tmp_path / "in.png"
-    Image.open(degraded).crop((40, 30, 70, 50)).resize((150, 100)).save(small)
+    Image.open(degraded).crop((40, 30, 70, 50)).save(small)  # 30 x 20
     out = tmp_path / "out.webp"
-    assert main(["upscale", str(small), "-o", str(out), "--quiet", "--tile", "64", *flags]) == 0
+    assert main(["upscale", str(small), "-o", str(out), "--quiet", *flags]) == 0
     with Image.open(out) as result:
         assert result.format == "WEBP"
         assert result.size == size

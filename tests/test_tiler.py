@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from megasr.model.tiler import TileAccumulator, extract_tiles, plan_tiles, reflect_pad, run_tiled
+from megasr.model.tiler import TileAccumulator, TileLayout, extract_tiles, plan_tiles, reflect_pad
 
 
 def local_net(seed: int = 0) -> nn.Module:
@@ -30,6 +30,15 @@ def local_net(seed: int = 0) -> nn.Module:
         nn.Sigmoid(),
     )
     return net.eval()
+
+
+def run_tiled(image: torch.Tensor, net: nn.Module, layout: TileLayout, scale: int, batch: int):
+    """What every caller of the tiler does: cut, run in batches, blend."""
+    tiles = extract_tiles(image, layout)
+    acc = TileAccumulator(layout, scale)
+    for first in range(0, len(tiles), batch):
+        acc.add(first, net(tiles[first : first + batch]))
+    return acc.result()
 
 
 def gradient_image(height: int, width: int) -> torch.Tensor:
@@ -68,7 +77,7 @@ def test_tiled_equals_untiled_with_small_tiles(kind: str, coffee: np.ndarray) ->
     untiled = net(image[None])[0]
     layout = plan_tiles(90, 130, tile=32, overlap=16)
     assert len(layout) >= 20  # tiles much smaller than the image
-    tiled = run_tiled(image, net, layout, scale=2, batch_size=5)
+    tiled = run_tiled(image, net, layout, scale=2, batch=5)
     assert tiled.shape == untiled.shape
     assert (tiled - untiled).abs().max().item() < 1e-5
 

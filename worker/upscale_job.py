@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
@@ -28,7 +27,6 @@ from megasr.errors import MegaSRError
 from megasr.imaging.decode import decode_image
 from megasr.imaging.encode import default_output_format, encode_image
 from megasr.imaging.image import DecodedImage, ImageLimits
-from megasr.imaging.resize import resize
 from megasr.jobs import (
     META_ERROR,
     META_OUTPUT,
@@ -38,7 +36,8 @@ from megasr.jobs import (
     JobPayload,
     UpscaleParams,
 )
-from megasr.model.tiler import TileAccumulator, extract_tiles, plan_tiles
+from megasr.model.tiler import TileAccumulator, plan_tiles
+from megasr.model.upscaler import cut_tiles, finish_image
 from megasr.problems import problem, problem_from_error
 from megasr.settings import Settings
 from megasr.storage import Storage, content_type_for, output_key
@@ -141,10 +140,7 @@ class UpscaleJob:
             self._size = self.params.output_size().resolve(
                 image.width, image.height, self.settings.max_output_pixels
             )
-            spec = self.slot.tile_spec
-            layout = plan_tiles(image.height, image.width, spec.size, spec.overlap, spec.multiple)
-            pixels = torch.from_numpy(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))
-            self.tiles = extract_tiles(pixels, layout)
+            self.tiles, layout = cut_tiles(image, self.slot.tile_spec)
             self._accumulator = TileAccumulator(layout, self.slot.engine.native_scale)
             self._image = image
         self._save_meta({META_STAGE: "inference"})  # from here it waits for engine calls
@@ -168,11 +164,9 @@ class UpscaleJob:
         image, (width, height) = self._image, self._size
         fmt = self.params.output_format or default_output_format(image.source_format)
         with self._stage("encode"):
-            rgb = self._accumulator.result().permute(1, 2, 0).numpy()
-            rgb = resize(rgb, width, height)
-            alpha = None if image.alpha is None else resize(image.alpha, width, height)
+            result = finish_image(self._accumulator.result(), image, width, height)
             data = encode_image(
-                rgb, alpha, fmt, self.params.quality, image.bit_depth, image.grayscale
+                result.rgb, result.alpha, fmt, self.params.quality, image.bit_depth, image.grayscale
             )
         key = output_key(self.job_id, fmt)
         with self._stage("upload"):

@@ -38,3 +38,16 @@ def create_engine(name: str, settings: Settings) -> Engine:
     from megasr.model.engines.realesrgan import RealESRGANEngine
 
     return RealESRGANEngine(settings)
+
+
+def load_engine(name: str, settings: Settings, warmup: bool = False) -> Engine:
+    """Build ``name`` and load it on the configured device and dtype (``auto`` = fast path)."""
+    from megasr.model.device import resolve_device, resolve_dtype
+
+    engine = create_engine(name, settings)
+    device = resolve_device(settings.device)
+    dtype = None if settings.dtype == "auto" else resolve_dtype(settings.dtype, device)
+    engine.load(device, dtype)
+    if warmup:
+        engine.warmup()
+    return engine
