@@ -5,13 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,6 +13,7 @@ import numpy as np
 import uvicorn
 from PIL import Image
 
+from megasr.loopback import ChildServer, free_port, wait_until, worker_command
 from megasr.service import create_app
 from megasr.settings import Settings
 
@@ -26,28 +21,12 @@ TESTS = Path(__file__).resolve().parent.parent
 API_KEYS = {"key-a": "tenant-a", "key-b": "tenant-b"}
 KEY_A = {"Authorization": "Bearer key-a"}
 KEY_B = {"X-API-Key": "key-b"}
-START_TIMEOUT_S = 30.0
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = START_TIMEOUT_S):
-    """Poll ``condition`` (a start-up wait, not a timing assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Gateway:
@@ -99,33 +78,13 @@ def worker_env(redis_url: str, data_dir: Path, queue: str, **extra: str) -> dict
     return env
 
 
-class WorkerProcess:
+class WorkerProcess(ChildServer):
     """``megasr worker`` (the real command) in a child process, logging to a file."""
 
     def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.log = log.open("wb")
-        command = [sys.executable, "-m", "megasr.cli.main", "worker"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port)]
-        self.process = subprocess.Popen(command, env=env, stdout=self.log, stderr=self.log)
+        port = free_port()
+        super().__init__(worker_command(port), env, port, log)
 
     def wait_ready(self) -> WorkerProcess:
-        def ready() -> bool:
-            assert self.process.poll() is None, f"the worker exited; see {self.log.name}"
-            try:
-                return httpx.get(f"http://127.0.0.1:{self.port}/readyz").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, "the worker to be ready", timeout_s=90)
+        super().wait_ready(timeout_s=90)
         return self
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
