@@ -19,7 +19,7 @@ import torch
 from megasr.imaging.image import DecodedImage
 from megasr.imaging.resize import resize
 from megasr.imaging.sizing import OutputSize
-from megasr.model.engines.base import Engine, TileSpec
+from megasr.model.engines.base import Engine, GenerationOptions, TileSpec, run_tiles
 from megasr.model.tiler import TileAccumulator, TileLayout, extract_tiles, fitted_tile, plan_tiles
 
 TileProgress = Callable[[int, int], None]
@@ -81,13 +81,20 @@ class Upscaler:
         size: OutputSize,
         max_output_pixels: int | None = None,
         on_tiles: TileProgress | None = None,
+        options: GenerationOptions | None = None,
     ) -> DecodedImage:
-        """Upscale ``image`` to ``size``; ``on_tiles(done, total)`` after each engine batch."""
+        """Upscale ``image`` to ``size``; ``on_tiles(done, total)`` after each engine batch.
+
+        ``options`` (a conditional engine's prompt, seed, steps, ...) go with every tile of
+        the image; an engine that is not conditional ignores them.
+        """
         width, height = size.resolve(image.width, image.height, max_output_pixels)
         tiles, layout = cut_tiles(image, self.engine.tile_spec, fit=self.fit_tiles)
         accumulator = TileAccumulator(layout, self.engine.native_scale)
         for first in range(0, len(tiles), self.batch_size):
-            accumulator.add(first, self.engine.run(tiles[first : first + self.batch_size]))
+            batch = tiles[first : first + self.batch_size]
+            per_tile = None if options is None else [options] * len(batch)
+            accumulator.add(first, run_tiles(self.engine, batch, per_tile))
             if on_tiles is not None:
                 on_tiles(min(first + self.batch_size, len(tiles)), len(tiles))
         return finish_image(accumulator.result(), image, width, height)

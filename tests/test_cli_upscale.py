@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from megasr_tiny import one_thread
 from PIL import Image
 from scipy import ndimage
 
@@ -141,6 +142,9 @@ def test_truncated_jpeg_leaves_no_half_file(tmp_path: Path, coffee: np.ndarray) 
         (["--format", "gif"], "format"),
         (["--quality", "0"], "quality"),
         (["--engine", "nope"], "unknown engine"),
+        (["--steps", "0"], "steps must be at least 1"),
+        (["--guidance-scale", "-1"], "guidance_scale must be"),
+        (["--seed", "-3"], "seed must be between"),
     ],
 )
 def test_bad_options(
@@ -157,3 +161,53 @@ def test_bad_options(
 def test_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["upscale", str(tmp_path / "nothere.png"), "-o", str(tmp_path / "o")]) == 1
     assert "no such file or folder" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_megasr(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random MegaSR checkpoint, made the way a user makes one."""
+    directory = tmp_path_factory.mktemp("tiny-megasr")
+    assert main(["model", "init", "--preset", "tiny", "--out", str(directory)]) == 0
+    return directory
+
+
+def test_megasr_takes_prompt_steps_and_seed(
+    tiny_megasr: Path, degraded: Path, tmp_path: Path
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    crop = Image.open(degraded).crop((40, 30, 70, 50))  # 30 x 20
+    crop.save(inputs / "a.png")
+    crop.save(inputs / "b.png")
+    diffusion = ["--steps", "2", "--prompt", "a cup of coffee", "--guidance-scale", "3"]
+
+    def upscale(source: Path, out: Path, seed: str) -> None:
+        args = ["upscale", str(source), "-o", str(out), "--engine", "megasr"]
+        args += ["--model", str(tiny_megasr), "--scale", "2", "--quiet", "--seed", seed]
+        assert main([*args, *diffusion]) == 0
+
+    with one_thread():  # a tiny network: threads would only wait on each other
+        upscale(inputs, tmp_path / "seed1", "1")
+        upscale(inputs / "a.png", tmp_path / "seed2.png", "2")
+
+    first, second, reseeded = (
+        np.asarray(Image.open(path))
+        for path in (
+            tmp_path / "seed1" / "a.png",
+            tmp_path / "seed1" / "b.png",
+            tmp_path / "seed2.png",
+        )
+    )
+    assert first.shape == reseeded.shape == (40, 60, 3)
+    assert np.array_equal(first, second)  # the same seed, the same image
+    assert np.abs(first.astype(int) - reseeded).max() > 20  # another seed, other noise
+
+
+def test_diffusion_options_leave_the_gan_engine_alone(degraded: Path, tmp_path: Path) -> None:
+    small = tmp_path / "in.png"
+    Image.open(degraded).crop((40, 30, 70, 50)).save(small)
+    plain, optioned = tmp_path / "plain.png", tmp_path / "optioned.png"
+    assert main(["upscale", str(small), "-o", str(plain), "--quiet"]) == 0
+    flags = ["--prompt", "x", "--steps", "2", "--seed", "5", "--color-fix", "none"]
+    assert main(["upscale", str(small), "-o", str(optioned), "--quiet", *flags]) == 0
+    assert plain.read_bytes() == optioned.read_bytes()

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from megasr_tiny import one_thread
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue, Retry, SimpleWorker
@@ -40,6 +41,7 @@ from megasr.cancellation import request_cancel
 from megasr.embedded_redis import EmbeddedRedis
 from megasr.engine_status import EngineState, read_engines
 from megasr.jobs import TASK_FUNC, JobPayload, UpscaleParams, new_job_id
+from megasr.model.megasr.checkpoint import init_tiny_checkpoint
 from megasr.queue import JOB_SERIALIZER, enqueue_upscale, get_queue, redis_connection
 from megasr.settings import Settings, get_settings
 from megasr.storage import LocalStorage, input_key
@@ -204,7 +206,14 @@ class Cluster:
 class WorkerProcess:
     """``megasr worker`` in a child process, with its metrics port."""
 
-    def __init__(self, cluster: Cluster, queue: str, name: str, burst: bool = False) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        queue: str,
+        name: str,
+        burst: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.hold = cluster.root / f"hold-{name}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -214,7 +223,10 @@ class WorkerProcess:
         command += ["--name", name, "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--burst"] if burst else []
         self.process = subprocess.Popen(
-            command, env=cluster.env(queue, self.hold), stdout=self.log, stderr=self.log
+            command,
+            env={**cluster.env(queue, self.hold), **(env or {})},
+            stdout=self.log,
+            stderr=self.log,
         )
 
     def wait_ready(self) -> WorkerProcess:
@@ -353,13 +365,19 @@ def test_end_to_end_output_has_requested_size(cluster: Cluster, worker, photo) -
 
 
 def run_alone_with_plain_rq(
-    cluster: Cluster, payloads: list[JobPayload], monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster,
+    payloads: list[JobPayload],
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str] | None = None,
 ) -> list[np.ndarray]:
-    """Copies of the jobs, one at a time, through the plain RQ task in this process."""
+    """Copies of the jobs, one at a time, through the plain RQ task in this process
+    (``env``: settings of the worker whose results they are compared with)."""
     monkeypatch.setenv("MEGASR_REDIS_URL", cluster.redis_url)
     monkeypatch.setenv("MEGASR_DATA_DIR", str(cluster.data_dir))
     monkeypatch.setenv("MEGASR_WORKER_ENGINES", json.dumps(ENGINES[:1]))
     monkeypatch.setenv("MEGASR_DEVICE", "cpu")
+    for name, setting in (env or {}).items():
+        monkeypatch.setenv(name, setting)
     monkeypatch.syspath_prepend(str(TESTS))
     monkeypatch.setattr(worker_runtime, "_runtime", None)
     monkeypatch.setattr(SimpleWorker, "_install_signal_handlers", lambda self: None)
@@ -379,7 +397,11 @@ def test_batched_jobs_share_engine_calls_and_equal_jobs_run_alone(
     cluster: Cluster, worker, coffee: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     corners = ((0, 0), (100, 200), (200, 300), (300, 450))
-    payloads = [cluster.payload(coffee[y : y + 24, x : x + 30]) for y, x in corners]  # 1 tile
+    # One tile each; diffusion fields that differ do not split an engine that takes none.
+    payloads = [
+        cluster.payload(coffee[y : y + 24, x : x + 30], steps=1 + i, prompt=f"p{i}", seed=i)
+        for i, (y, x) in enumerate(corners)
+    ]
     before = worker.metrics()
 
     jobs = cluster.submit("shared", payloads)
@@ -587,3 +609,68 @@ def test_burst_worker_drains_the_queue_and_exits(cluster: Cluster, photo) -> Non
     finally:
         worker.stop()
     assert cluster.output(cluster.job(job.id)).shape == (40, 48, 3)
+
+
+# -- the megasr engine: per-job generation options ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def megasr_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Settings of a worker serving a tiny MegaSR checkpoint in 32-pixel tiles (128-pixel
+    outputs), so a tile's two sampling steps take a fraction of a second on a CPU."""
+    checkpoint = tmp_path_factory.mktemp("tiny-megasr")
+    init_tiny_checkpoint(checkpoint, seed=0)
+    return {
+        "MEGASR_WORKER_ENGINES": json.dumps(["megasr"]),
+        "MEGASR_MEGASR_MODEL": str(checkpoint),
+        "MEGASR_TILE": "32",
+    }
+
+
+@pytest.fixture(scope="module")
+def megasr_worker(cluster: Cluster, megasr_env: dict[str, str]) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(cluster, "megasr", "megasr-worker", env=megasr_env)
+    try:
+        yield process.wait_ready()
+    finally:
+        process.stop()
+
+
+def test_megasr_jobs_share_calls_by_sampling_loop_and_equal_each_alone(
+    cluster: Cluster,
+    megasr_worker: WorkerProcess,
+    megasr_env: dict[str, str],
+    coffee: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cup, saucer = coffee[100:124, 200:230], coffee[250:274, 350:380]  # one 32-pixel tile each
+    loop = {"engine": "megasr", "steps": 2, "color_fix": "wavelet"}
+    # Prompts and seeds are each tile's own: these three share one engine call.
+    shared = [
+        cluster.payload(cup, prompt="a cup of coffee", seed=1, **loop),
+        cluster.payload(saucer, prompt="a saucer", negative_prompt="blur", seed=7, **loop),
+        cluster.payload(cup, prompt="a cup of coffee", seed=2, **loop),
+    ]
+    # Steps set the sampling loop of a whole call: these two cannot share one.
+    split = [cluster.payload(cup, engine="megasr", seed=1, steps=steps) for steps in (1, 2)]
+    calls, tiles = "megasr_batch_size_tiles_count", "megasr_batch_size_tiles_sum"
+
+    batched = []
+    for payloads, expected_calls in ((shared, 1), (split, 2)):
+        before = megasr_worker.metrics()
+        jobs = cluster.submit("megasr", payloads)
+        batched += [cluster.output(cluster.wait_status(j.id, JobStatus.FINISHED)) for j in jobs]
+        after = megasr_worker.metrics()
+        assert value(after, tiles) - value(before, tiles) == len(payloads)
+        assert value(after, calls) - value(before, calls) == expected_calls
+    # No call was refused for mixing sampling loops (the worker would have rerun each job).
+    assert "retrying each" not in Path(megasr_worker.log.name).read_text()
+
+    assert batched[0].shape == (96, 120, 3)
+    with one_thread():
+        alone = run_alone_with_plain_rq(cluster, shared + split, monkeypatch, megasr_env)
+    for batched_output, alone_output in zip(batched, alone, strict=True):
+        assert np.abs(batched_output - alone_output).max() <= 1
+    # The options reached the engine: another seed, or another step count, another image.
+    assert np.abs(batched[0] - batched[2]).max() > 20
+    assert np.abs(batched[3] - batched[4]).max() > 20

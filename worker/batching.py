@@ -6,9 +6,11 @@ takes more upscale jobs without blocking longer than ``max_wait_ms``, until ``ma
 tiles are in hand, and marks each started through RQ's own calls, so the started registry,
 ``rq info`` and dashboards show the truth. Each job is decoded and cut into its engine's
 fixed-shape tiles; tiles with the same :class:`~megasr.worker.upscale_job.BatchKey` run
-together, at most ``max_batch_tiles`` per engine call; each image is blended back by its own
-accumulator and finished the moment its last tile is in, through RQ's success or failure
-handling (results, retries, callbacks and RQ's failed registry stay RQ's).
+together, at most ``max_batch_tiles`` per engine call, each with its own job's generation
+options when the engine is conditional (prompts and seeds may differ within a call); each
+image is blended back by its own accumulator and finished the moment its last tile is in,
+through RQ's success or failure handling (results, retries, callbacks and RQ's failed registry
+stay RQ's).
 
 What can go wrong stays with the job it belongs to: a job that cannot be decoded fails before
 any engine call; an engine error in a call shared by several jobs re-runs each job's tiles on
@@ -54,6 +56,7 @@ from megasr.engine_status import publish_engines, withdraw_engines
 from megasr.errors import MegaSRError
 from megasr.jobs import META_STAGE, TASK_FUNC
 from megasr.jobs import JobStatus as PublicStatus
+from megasr.model.engines.base import GenerationOptions
 from megasr.queue import JOB_SERIALIZER, get_queue
 from megasr.worker.heartbeat import HeartbeatThread
 from megasr.worker.runtime import WorkerRuntime
@@ -97,6 +100,10 @@ class Segment(NamedTuple):
     @property
     def tiles(self) -> torch.Tensor:
         return self.item.work.tiles[self.first : self.first + self.count]
+
+    @property
+    def options(self) -> list[GenerationOptions] | None:
+        return self.item.work.tile_options(self.count)
 
 
 class BatchingWorker(SimpleWorker):
@@ -264,7 +271,9 @@ class BatchingWorker(SimpleWorker):
             started = time.perf_counter()
             slot = segments[0].item.work.slot
             try:
-                outputs, batch_size = self.runtime.runner.run(slot, tiles, batch_size)
+                outputs, batch_size = self.runtime.runner.run(
+                    slot, tiles, batch_size, _joined_options(segments)
+                )
             except Exception as exc:
                 self._isolate(segments, batch_size, exc)
                 continue
@@ -280,7 +289,9 @@ class BatchingWorker(SimpleWorker):
             started = time.perf_counter()
             slot = segment.item.work.slot
             try:
-                outputs, _ = self.runtime.runner.run(slot, segment.tiles, batch_size)
+                outputs, _ = self.runtime.runner.run(
+                    slot, segment.tiles, batch_size, segment.options
+                )
             except Exception as exc:
                 self._fail(segment.item, exc)
                 continue
@@ -445,6 +456,15 @@ def _timed_out(job: Job) -> bool:
     if not job.timeout or job.timeout < 0 or job.started_at is None:
         return False
     return (now() - job.started_at).total_seconds() > job.timeout
+
+
+def _joined_options(segments: list[Segment]) -> list[GenerationOptions] | None:
+    """The per-tile options of a call's segments, in tile order; None when the engine (the
+    same for the whole group) takes none."""
+    per_segment = [segment.options for segment in segments]
+    if per_segment[0] is None:
+        return None
+    return [option for options in per_segment for option in options]
 
 
 def _take(items: list[BatchItem], size: int) -> list[Segment]:

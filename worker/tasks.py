@@ -32,7 +32,9 @@ def upscale(payload: JobPayload) -> dict[str, Any]:
         while first < len(work.tiles):
             started = time.perf_counter()
             tiles = work.tiles[first : first + batch_size]
-            outputs, batch_size = runtime.runner.run(work.slot, tiles, batch_size)
+            outputs, batch_size = runtime.runner.run(
+                work.slot, tiles, batch_size, work.tile_options(len(tiles))
+            )
             work.add(first, outputs, started)
             first += len(outputs)
         output = work.finish()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -36,6 +36,7 @@ from megasr.jobs import (
     JobPayload,
     UpscaleParams,
 )
+from megasr.model.engines.base import GenerationOptions
 from megasr.model.tiler import TileAccumulator, plan_tiles
 from megasr.model.upscaler import cut_tiles, finish_image
 from megasr.problems import problem, problem_from_error
@@ -50,15 +51,33 @@ _PROGRESS_AFTER = {"decode": 0.05, "preprocess": 0.1, "inference": 0.9, "encode"
 
 @dataclass(frozen=True)
 class BatchKey:
-    """Tiles with equal keys can share an engine call: same network, numerics and shape.
+    """Tiles with equal keys can share an engine call: same network, numerics and shape, and
+    for a conditional engine the same sampling loop (steps, guidance scale, colour fix).
 
     The requested scale is not part of it: every engine runs at its native scale and the
-    resize to the asked size happens per image afterwards.
+    resize to the asked size happens per image afterwards. Prompts and seeds are not either:
+    they travel with each tile. The sampling fields are None for an engine that is not
+    conditional, so its tiles batch together whatever diffusion options their jobs carry.
     """
 
     engine: str
     dtype: str
     tile: tuple[int, int]
+    steps: int | None = None
+    guidance_scale: float | None = None
+    color_fix: str | None = None
+
+
+def generation_options(params: UpscaleParams) -> GenerationOptions:
+    """A request's diffusion fields as a conditional engine takes them."""
+    return GenerationOptions(
+        prompt=params.prompt,
+        negative_prompt=params.negative_prompt,
+        steps=params.steps,
+        guidance_scale=params.guidance_scale,
+        seed=params.seed,
+        color_fix=params.color_fix,
+    )
 
 
 def count_tiles(payload: JobPayload, engines: EnginePool) -> int:
@@ -111,6 +130,7 @@ class UpscaleJob:
         self.timings: dict[str, float] = {}
         self.params = UpscaleParams.model_validate(payload["params"])
         self.slot: EngineSlot = engines.get(self.params.engine)
+        self.options = generation_options(self.params) if self.slot.engine.conditional else None
         self.tiles = torch.empty(0)
         self._image: DecodedImage | None = None
         self._size = (0, 0)
@@ -121,7 +141,19 @@ class UpscaleJob:
     @property
     def batch_key(self) -> BatchKey:
         size = self.slot.tile_spec.size
-        return BatchKey(self.slot.name, self.slot.dtype_name, (size, size))
+        key = BatchKey(self.slot.name, self.slot.dtype_name, (size, size))
+        if self.options is None:
+            return key
+        return replace(
+            key,
+            steps=self.options.steps,
+            guidance_scale=self.options.guidance_scale,
+            color_fix=self.options.color_fix,
+        )
+
+    def tile_options(self, count: int) -> list[GenerationOptions] | None:
+        """The engine options of ``count`` of this job's tiles (None: the engine takes none)."""
+        return None if self.options is None else [self.options] * count
 
     @property
     def complete(self) -> bool:

@@ -6,16 +6,18 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from megasr.errors import ImageTooLargeError, InvalidParameterError, MegaSRError
 from megasr.files import write_atomic
 from megasr.imaging.encode import OUTPUT_FORMATS, default_output_format, normalize_format
 from megasr.imaging.image import ImageLimits
 from megasr.imaging.sizing import OutputSize
+from megasr.jobs import ColorFix
 from megasr.settings import Settings
 
 if TYPE_CHECKING:
+    from megasr.model.engines.base import GenerationOptions
     from megasr.model.upscaler import Upscaler
 
 IMAGE_SUFFIXES = {
@@ -33,6 +35,7 @@ class Request:
     limits: ImageLimits
     max_output_pixels: int
     quiet: bool
+    options: GenerationOptions
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    diffusion = parser.add_argument_group(
+        "diffusion options (the megasr engine; other engines ignore them)",
+        "Left out, each is the checkpoint's inference default.",
+    )
+    diffusion.add_argument("--prompt", default=None, help="text describing the image")
+    diffusion.add_argument("--negative-prompt", default=None, help="what to steer away from")
+    diffusion.add_argument("--steps", type=int, default=None, help="sampling steps, 1 or more")
+    diffusion.add_argument(
+        "--guidance-scale", type=float, default=None, help="classifier-free guidance, 0 or more"
+    )
+    diffusion.add_argument("--seed", type=int, default=None, help="noise seed, 0 to 2^64-1")
+    diffusion.add_argument(
+        "--color-fix", default=None, choices=get_args(ColorFix), help="colour correction"
+    )
     parser.set_defaults(func=run)
 
 
@@ -146,6 +163,7 @@ def _upscale_one(job: Job, upscaler: Upscaler, request: Request) -> None:
             request.size,
             request.max_output_pixels,
             on_tiles=lambda done, _: tiles.update(done - tiles.n),
+            options=request.options,
         )
     data = encode_image(
         result.rgb,
@@ -180,6 +198,8 @@ def _request(args: argparse.Namespace, settings: Settings) -> Request:
         raise InvalidParameterError("give either --scale or --width/--height, not both")
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise InvalidParameterError("--quality must be between 1 and 100")
+    from megasr.model.engines.base import GenerationOptions
+
     return Request(
         size=OutputSize(scale=args.scale, width=args.width, height=args.height),
         output_format=None if args.output_format is None else normalize_format(args.output_format),
@@ -187,6 +207,14 @@ def _request(args: argparse.Namespace, settings: Settings) -> Request:
         limits=ImageLimits(settings.max_upload_bytes, settings.max_input_pixels),
         max_output_pixels=settings.max_output_pixels,
         quiet=args.quiet,
+        options=GenerationOptions(
+            prompt=args.prompt,
+            negative_prompt=args.negative_prompt,
+            steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            seed=args.seed,
+            color_fix=args.color_fix,
+        ),
     )
 
 

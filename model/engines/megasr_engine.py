@@ -1,24 +1,33 @@
 """The ``megasr`` engine: MegaSR diffusion behind the engine interface.
 
 The upscaler hands the engine fixed-size LR tiles; each tile is restored as an image of its
-own (bicubic x4, guidance maps, CLIP tokens and tags of that tile, the full sampling loop
-with the checkpoint's inference defaults and a fixed seed), and the upscaler blends the
-tiles back. A tile's output is one latent tile of the pipeline (96 latents = 768 px by
-default), so inside a tile nothing is blended; tiles of one call are batched through every
-denoising step together. Per-request options (prompt, steps, seed, ...) and cross-job
-batching are the worker's, through :class:`~megasr.model.megasr.pipeline.MegaSRPipeline`.
+own (bicubic x4, guidance maps, CLIP tokens and tags of that tile, the full sampling loop),
+and the upscaler blends the tiles back. A tile's output is one latent tile of the pipeline
+(96 latents = 768 px by default), so inside a tile nothing is blended; tiles of one call are
+batched through every denoising step together.
+
+The engine is conditional: each tile comes with its request's
+:class:`~megasr.model.engines.base.GenerationOptions`. Prompt, negative prompt and seed are a
+tile's own (its text embeddings and its generator), so tiles of jobs that differ in them share
+a call. Steps, guidance scale and colour fix set the sampling loop that every tile of a call
+goes through together, so a call's tiles must agree on them (the worker's batch key groups by
+them). What a request leaves out is the checkpoint's inference default.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import get_args
 
 import torch
 
-from megasr.errors import EngineError
-from megasr.model.engines.base import Engine, TileSpec
+from megasr.errors import EngineError, InvalidParameterError
+from megasr.model.engines.base import Engine, GenerationOptions, TileSpec
 from megasr.model.megasr.checkpoint import latent_multiple, load_checkpoint, read_config
 from megasr.model.megasr.components import MegaSRModel
+from megasr.model.megasr.config import ColorFix, InferenceConfig
 from megasr.model.megasr.pipeline import VAE_FACTOR, MegaSRPipeline
 from megasr.settings import Settings
 
@@ -30,6 +39,7 @@ class MegaSREngine(Engine):
 
     name = "megasr"
     native_scale = SCALE
+    conditional = True
 
     def __init__(self, checkpoint_dir: Path, settings: Settings) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
@@ -57,10 +67,50 @@ class MegaSREngine(Engine):
         return TileSpec(size=size, overlap=overlap, multiple=multiple)
 
     @torch.no_grad()
-    def run(self, tiles: torch.Tensor) -> torch.Tensor:
+    def run(
+        self, tiles: torch.Tensor, options: Sequence[GenerationOptions] | None = None
+    ) -> torch.Tensor:
         if self._model is None or self._pipeline is None:
             raise EngineError("the megasr engine is not loaded")
+        if options is None:
+            options = [GenerationOptions()] * len(tiles)
+        if len(options) != len(tiles):
+            raise ValueError(f"{len(options)} generation options for {len(tiles)} tiles")
+        sampling = self._sampling(options)
         _, _, height, width = tiles.shape
         size = (height * SCALE, width * SCALE)
-        requests = [self._model.prepare(tile, size) for tile in tiles]
-        return torch.stack(self._pipeline.restore(requests, batch_size=len(requests)))
+        requests = [
+            self._model.prepare(
+                tile, size, option.prompt or "", option.seed, option.negative_prompt
+            )
+            for tile, option in zip(tiles, options, strict=True)
+        ]
+        return torch.stack(self._pipeline.restore(requests, sampling, batch_size=len(requests)))
+
+    def _sampling(self, options: Sequence[GenerationOptions]) -> InferenceConfig:
+        """The one sampling configuration of a call: the checkpoint's defaults with the
+        requested steps, guidance scale and colour fix, which every tile must share."""
+        configs = {self._sampling_of(option) for option in options}
+        if len(configs) > 1:
+            asked = sorted({(o.steps, o.guidance_scale, o.color_fix) for o in options}, key=str)
+            raise ValueError(
+                "tiles in one megasr call must share steps, guidance_scale and color_fix; "
+                f"got {asked}"
+            )
+        return configs.pop()
+
+    def _sampling_of(self, option: GenerationOptions) -> InferenceConfig:
+        if option.color_fix is not None and option.color_fix not in get_args(ColorFix):
+            choices = ", ".join(get_args(ColorFix))
+            raise InvalidParameterError(
+                f"unknown color_fix {option.color_fix!r}; choose one of {choices}"
+            )
+        defaults = self.config.inference
+        return replace(
+            defaults,
+            steps=defaults.steps if option.steps is None else option.steps,
+            guidance_scale=(
+                defaults.guidance_scale if option.guidance_scale is None else option.guidance_scale
+            ),
+            color_fix=defaults.color_fix if option.color_fix is None else option.color_fix,
+        )
