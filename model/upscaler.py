@@ -11,6 +11,7 @@ them itself so that tiles of many images can share engine calls in between.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -25,16 +26,27 @@ from megasr.model.tiler import TileAccumulator, TileLayout, extract_tiles, fitte
 TileProgress = Callable[[int, int], None]
 
 
-def cut_tiles(
-    image: DecodedImage, spec: TileSpec, fit: bool = False
-) -> tuple[torch.Tensor, TileLayout]:
-    """The engine tiles of ``image``'s colour channels, and where they lie.
+def plan_image_tiles(
+    height: int, width: int, spec: TileSpec, fit: bool = False, bucket: int = 1
+) -> TileLayout:
+    """The tile layout of an image of ``height`` x ``width`` for an engine with ``spec``.
 
-    ``fit`` shrinks the tile to an image smaller than one tile: cheaper when an image runs
-    alone, but only full-size tiles can share a batch with other images.
+    ``fit`` shrinks the tile of an image smaller than one engine tile to the image, rounded
+    up to a multiple of ``bucket``: a 64 px image then costs a 64 px tile, not a full one,
+    and images of similar size still share a tile shape and so a batch. The tile depends on
+    the image alone, so a result is the same whether its tiles ran alone or batched.
     """
-    tile = fitted_tile(image.height, image.width, spec.size, spec.multiple) if fit else spec.size
-    layout = plan_tiles(image.height, image.width, tile, spec.overlap, spec.multiple)
+    tile = spec.size
+    if fit:
+        tile = fitted_tile(height, width, spec.size, math.lcm(spec.multiple, bucket))
+    return plan_tiles(height, width, tile, spec.overlap, spec.multiple)
+
+
+def cut_tiles(
+    image: DecodedImage, spec: TileSpec, fit: bool = False, bucket: int = 1
+) -> tuple[torch.Tensor, TileLayout]:
+    """The engine tiles of ``image``'s colour channels, and where they lie."""
+    layout = plan_image_tiles(image.height, image.width, spec, fit, bucket)
     pixels = torch.from_numpy(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))
     return extract_tiles(pixels, layout), layout
 
@@ -69,11 +81,9 @@ class Upscaler:
 
     def count_tiles(self, image: DecodedImage) -> int:
         """How many engine tiles ``image`` takes (for progress bars)."""
-        spec = self.engine.tile_spec
-        tile = spec.size
-        if self.fit_tiles:
-            tile = fitted_tile(image.height, image.width, spec.size, spec.multiple)
-        return len(plan_tiles(image.height, image.width, tile, spec.overlap, spec.multiple))
+        return len(
+            plan_image_tiles(image.height, image.width, self.engine.tile_spec, self.fit_tiles)
+        )
 
     def upscale(
         self,

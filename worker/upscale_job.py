@@ -4,8 +4,9 @@ The engine work in the middle is not done here: :meth:`UpscaleJob.prepare` cuts 
 into the engine's fixed-shape tiles and whoever runs the engine (one job alone in
 :mod:`.tasks`, many jobs at once in :mod:`.batching`) hands the upscaled tiles back through
 :meth:`UpscaleJob.add`; :meth:`UpscaleJob.finish` blends them, resizes to the asked size,
-encodes and stores the result. The tiles are always the engine's full tile, never fitted to
-the image, so a job's tiles and so its result are the same whether it ran alone or batched.
+encodes and stores the result. A job's tile shape depends on its image alone (the engine's
+tile, or for a smaller image its size rounded up to :data:`TILE_BUCKET`), so its tiles and
+so its result are the same whether it ran alone or batched.
 
 Progress, the stage and per-stage timings go into ``job.meta`` as the gateway reads them; the
 worker is the only writer of a started job's meta.
@@ -37,13 +38,17 @@ from megasr.jobs import (
     UpscaleParams,
 )
 from megasr.model.engines.base import GenerationOptions
-from megasr.model.tiler import TileAccumulator, plan_tiles
-from megasr.model.upscaler import cut_tiles, finish_image
+from megasr.model.tiler import TileAccumulator
+from megasr.model.upscaler import cut_tiles, finish_image, plan_image_tiles
 from megasr.problems import problem, problem_from_error
 from megasr.settings import Settings
 from megasr.storage import Storage, content_type_for, output_key
 from megasr.worker.engines import EnginePool, EngineSlot
 from megasr.worker.metrics import WorkerMetrics
+
+# Images smaller than an engine tile get a tile of their size rounded up to this, so a small
+# image does not pay for a whole tile and images of similar size still share a batch shape.
+TILE_BUCKET = 64
 
 # Where each stage ends on the 0..1 progress bar; inference fills the span before "encode".
 _PROGRESS_AFTER = {"decode": 0.05, "preprocess": 0.1, "inference": 0.9, "encode": 0.95}
@@ -85,7 +90,7 @@ def count_tiles(payload: JobPayload, engines: EnginePool) -> int:
     try:
         spec = engines.get(payload["params"].get("engine", "auto")).tile_spec
         width, height = int(payload["input"]["width"]), int(payload["input"]["height"])
-        return len(plan_tiles(height, width, spec.size, spec.overlap, spec.multiple))
+        return len(plan_image_tiles(height, width, spec, fit=True, bucket=TILE_BUCKET))
     except (MegaSRError, KeyError, TypeError, ValueError, AttributeError):
         return 1  # the job fails on its own later; for the batch it is one tile
 
@@ -137,11 +142,11 @@ class UpscaleJob:
         self._accumulator: TileAccumulator | None = None
         self._tiles_done = 0
         self._inference_started: float | None = None
+        self._tile = self.slot.tile_spec.size
 
     @property
     def batch_key(self) -> BatchKey:
-        size = self.slot.tile_spec.size
-        key = BatchKey(self.slot.name, self.slot.dtype_name, (size, size))
+        key = BatchKey(self.slot.name, self.slot.dtype_name, (self._tile, self._tile))
         if self.options is None:
             return key
         return replace(
@@ -172,7 +177,8 @@ class UpscaleJob:
             self._size = self.params.output_size().resolve(
                 image.width, image.height, self.settings.max_output_pixels
             )
-            self.tiles, layout = cut_tiles(image, self.slot.tile_spec)
+            self.tiles, layout = cut_tiles(image, self.slot.tile_spec, fit=True, bucket=TILE_BUCKET)
+            self._tile = layout.tile
             self._accumulator = TileAccumulator(layout, self.slot.engine.native_scale)
             self._image = image
         self._save_meta({META_STAGE: "inference"})  # from here it waits for engine calls
