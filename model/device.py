@@ -7,9 +7,10 @@ The settings speak in names ("auto", "cpu", "cuda"; "auto", "float32", ...); eng
   there, and its float32-sized exponent cannot overflow to Inf the way float16 activations
   of a deep residual network can. float16 on older cards.
 - CPU: bfloat16 only where the CPU has bfloat16 instructions (AVX512-BF16 or AMX) and
-  PyTorch has oneDNN to use them; elsewhere bfloat16 is emulated and slower than float32,
-  so float32 it is. On this project's 2-core AMD EPYC (Zen 4, AVX512-BF16), bfloat16
-  autocast with channels-last runs the default engine about 2.5x faster than float32.
+  PyTorch has oneDNN to use them; elsewhere oneDNN emulates bfloat16, which gains little
+  or nothing over float32 and costs precision, so float32 it is. On this project's 2-core
+  AMD EPYC (Zen 4, AVX512-BF16), bfloat16 autocast with channels-last runs the default
+  engine 2.2-2.5x faster than float32 (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """``megasr bench``: speed and memory of the engines and their peers on this machine.
 
-    megasr bench                                   # default engine, float32 and fast path
-    megasr bench --peers --image samples/coffee.jpg
-    megasr bench --engine megasr --model CKPT/ --size 64 --batches 1,2
+megasr bench                                   # default engine, float32 and fast path
+megasr bench --peers --image samples/coffee.jpg
+megasr bench --engine megasr --model CKPT/ --size 64 --batches 1,2
 """
 
 from __future__ import annotations
@@ -42,22 +42,25 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", type=int, default=128, help="input tile side (default 128)")
     parser.add_argument("--batches", default="1,2,4,8", help="batch sizes (default 1,2,4,8)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls; the best counts")
+    parser.add_argument("--peers", action="store_true", help="also run the default engine's peers")
     parser.add_argument(
-        "--peers", action="store_true", help="also run the default engine's peers"
-    )
-    parser.add_argument(
-        "--image", type=Path, default=None, help="photo to cut the tile from (default: a test pattern)"
+        "--image",
+        type=Path,
+        default=None,
+        help="photo to cut the tile from (default: a test pattern)",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--format", choices=("md", "json"), default="md", dest="table_format")
-    parser.add_argument("-o", "--output", type=Path, default=None, help="report file (default: stdout)")
+    parser.add_argument(
+        "-o", "--output", type=Path, default=None, help="report file (default: stdout)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from megasr.imaging.image import ImageLimits
-    from megasr.model.benchmark.benchmark import BenchConfig, run_benchmark, test_pattern
+    from megasr.model.benchmark.benchmark import BenchConfig, pattern_image, run_benchmark
     from megasr.model.benchmark.report import FORMATS
     from megasr.model.device import resolve_device
     from megasr.model.engines.registry import resolve_engine_name
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         settings=settings,
     )
     if args.image is None:
-        image, input_name = test_pattern(args.size), "a seeded test pattern"
+        image, input_name = pattern_image(args.size), "a seeded test pattern"
     else:
         limits = ImageLimits(settings.max_upload_bytes, settings.max_input_pixels)
         image, input_name = read_rgb8(args.image, limits), f"`{args.image.name}`"

@@ -1,8 +1,8 @@
 """``megasr eval``: score engines against bicubic on an image set, as a paper's table.
 
-    megasr eval --engine realesrgan-x4plus --hr HR/ --degrade realesrgan --seed 0
-    megasr eval --hr HR/ --lr LR/ --metrics psnr,ssim,lpips --format csv -o table.csv
-    megasr eval --lr real-photos/                 # no ground truth: no-reference metrics
+megasr eval --engine realesrgan-x4plus --hr HR/ --degrade realesrgan --seed 0
+megasr eval --hr HR/ --lr LR/ --metrics psnr,ssim,lpips --format csv -o table.csv
+megasr eval --lr real-photos/                 # no ground truth: no-reference metrics
 """
 
 from __future__ import annotations
@@ -60,9 +60,15 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="comma-separated metric names (default: every one that can run here)",
     )
     parser.add_argument("--format", choices=FORMATS, default="md", dest="table_format")
-    parser.add_argument("-o", "--output", type=Path, default=None, help="table file (default: stdout)")
     parser.add_argument(
-        "--save-images", type=Path, default=None, metavar="DIR", help="also write LR and outputs here"
+        "-o", "--output", type=Path, default=None, help="table file (default: stdout)"
+    )
+    parser.add_argument(
+        "--save-images",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write LR and outputs here",
     )
     parser.add_argument("--tile", type=int, default=None, help="engine tile side in pixels")
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
@@ -87,8 +93,12 @@ def run(args: argparse.Namespace) -> int:
 
     _check(args)
     settings = _settings(args)
-    engines = list(dict.fromkeys(resolve_engine_name(e, settings) for e in args.engines or ["auto"]))
-    names = None if args.metrics is None else [n.strip() for n in args.metrics.split(",") if n.strip()]
+    engines = list(
+        dict.fromkeys(resolve_engine_name(e, settings) for e in args.engines or ["auto"])
+    )
+    names = (
+        None if args.metrics is None else [n.strip() for n in args.metrics.split(",") if n.strip()]
+    )
     columns = metric_columns(names, with_reference=args.hr is not None)
     degradation = args.degrade or "bicubic"
     images = load_images(
