@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from skimage import data
 
+from megasr.model.benchmark.machine import cpu_model, load_average
 from megasr.model.device import cpu_has_native_bf16
 from megasr.model.engines.realesrgan import RealESRGANEngine
 from megasr.settings import Settings
@@ -131,19 +132,6 @@ def machine_description() -> str:
             f"- Python {platform.python_version()}, load average before: {load_average()}",
         )
     )
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
-def load_average() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -140,6 +140,11 @@ class Settings(BaseSettings):
         return keys
 
     @classmethod
+    def with_overrides(cls, **overrides: object) -> Settings:
+        """Settings as configured, with every override that is not None on top (CLI flags)."""
+        return cls(**{key: value for key, value in overrides.items() if value is not None})
+
+    @classmethod
     def settings_customise_sources(
         cls,
         settings_cls: type[BaseSettings],

@@ -141,17 +141,9 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {
-        key: value
-        for key, value in {
-            "megasr_model": args.model,
-            "device": args.device,
-            "dtype": args.dtype,
-            "tile": args.tile,
-        }.items()
-        if value is not None
-    }
-    return Settings(**overrides)
+    return Settings.with_overrides(
+        megasr_model=args.model, device=args.device, dtype=args.dtype, tile=args.tile
+    )
 
 
 def _setting(args: argparse.Namespace, degradation: str) -> str:

@@ -177,20 +177,14 @@ def _upscale_one(job: Job, upscaler: Upscaler, request: Request) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {
-        key: value
-        for key, value in {
-            "engine": args.engine,
-            "megasr_model": args.model,
-            "device": args.device,
-            "dtype": args.dtype,
-            "tile": args.tile,
-        }.items()
-        if value is not None
-    }
-    if args.model is not None and args.engine is None:
-        overrides["engine"] = "megasr"
-    return Settings(**overrides)
+    engine = "megasr" if args.model is not None and args.engine is None else args.engine
+    return Settings.with_overrides(
+        engine=engine,
+        megasr_model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        tile=args.tile,
+    )
 
 
 def _request(args: argparse.Namespace, settings: Settings) -> Request:

@@ -65,9 +65,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {
-        "worker_engines": args.engines,
-        "worker_host": args.host,
-        "worker_metrics_port": args.port,
-    }
-    return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    return Settings.with_overrides(
+        worker_engines=args.engines, worker_host=args.host, worker_metrics_port=args.port
+    )
