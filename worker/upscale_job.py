@@ -75,14 +75,7 @@ class BatchKey:
 
 def generation_options(params: UpscaleParams) -> GenerationOptions:
     """A request's diffusion fields as a conditional engine takes them."""
-    return GenerationOptions(
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt,
-        steps=params.steps,
-        guidance_scale=params.guidance_scale,
-        seed=params.seed,
-        color_fix=params.color_fix,
-    )
+    return GenerationOptions.of(params)
 
 
 def count_tiles(payload: JobPayload, engines: EnginePool) -> int:

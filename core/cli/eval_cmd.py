@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from megasr.model.evaluation.dataset import EvalImage
-    from megasr.model.evaluation.evaluate import SaveOutput
+    from megasr.model.evaluation.evaluate import MethodScores, MetricColumn, SaveOutput
 
 FORMATS = ("md", "csv", "json")
 
@@ -79,16 +79,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from megasr.imaging.image import ImageLimits
-    from megasr.model.engines.registry import load_engine, resolve_engine_name
+    from megasr.model.engines.registry import resolve_engine_name
     from megasr.model.evaluation.dataset import load_images
-    from megasr.model.evaluation.evaluate import (
-        BICUBIC,
-        Evaluation,
-        bicubic,
-        engine_method,
-        evaluate_method,
-        metric_columns,
-    )
+    from megasr.model.evaluation.evaluate import Evaluation, metric_columns
     from megasr.model.evaluation.report import FORMATS as WRITERS
 
     _check(args)
@@ -109,19 +102,13 @@ def run(args: argparse.Namespace) -> int:
         args.seed,
         ImageLimits(settings.max_upload_bytes, settings.max_input_pixels),
     )
-    save = None if args.save_images is None else _image_saver(args.save_images, images)
-    rows = [evaluate_method(BICUBIC, bicubic, images, columns, args.scale, save)]
-    for name in engines:
-        _status(f"evaluating {name} on {len(images)} images", args.quiet)
-        method = engine_method(load_engine(name, settings), settings.max_batch_tiles)
-        rows.append(evaluate_method(name, method, images, columns, args.scale, save))
     evaluation = Evaluation(
         dataset=(args.hr or args.lr).resolve().name,
         setting=_setting(args, degradation),
         scale=args.scale,
         images=[image.name for image in images],
         columns=columns,
-        rows=rows,
+        rows=_score(args, settings, engines, images, columns),
     )
     table = WRITERS[args.table_format](evaluation)
     if args.output is None:
@@ -129,6 +116,26 @@ def run(args: argparse.Namespace) -> int:
     else:
         write_atomic(args.output, table.encode())
     return 0
+
+
+def _score(
+    args: argparse.Namespace,
+    settings: Settings,
+    engines: list[str],
+    images: list[EvalImage],
+    columns: list[MetricColumn],
+) -> list[MethodScores]:
+    """The bicubic floor, then each engine, loaded one at a time."""
+    from megasr.model.engines.registry import load_engine
+    from megasr.model.evaluation.evaluate import BICUBIC, bicubic, engine_method, evaluate_method
+
+    save = None if args.save_images is None else _image_saver(args.save_images, images)
+    rows = [evaluate_method(BICUBIC, bicubic, images, columns, args.scale, save)]
+    for name in engines:
+        _status(f"evaluating {name} on {len(images)} images", args.quiet)
+        method = engine_method(load_engine(name, settings), settings.max_batch_tiles)
+        rows.append(evaluate_method(name, method, images, columns, args.scale, save))
+    return rows
 
 
 def _check(args: argparse.Namespace) -> None:

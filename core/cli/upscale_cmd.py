@@ -201,14 +201,7 @@ def _request(args: argparse.Namespace, settings: Settings) -> Request:
         limits=ImageLimits(settings.max_upload_bytes, settings.max_input_pixels),
         max_output_pixels=settings.max_output_pixels,
         quiet=args.quiet,
-        options=GenerationOptions(
-            prompt=args.prompt,
-            negative_prompt=args.negative_prompt,
-            steps=args.steps,
-            guidance_scale=args.guidance_scale,
-            seed=args.seed,
-            color_fix=args.color_fix,
-        ),
+        options=GenerationOptions.of(args),
     )
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from megasr.errors import NotFoundError, ServiceUnavailableError
+from megasr.files import write_atomic
 from megasr.storage.base import CHUNK_SIZE, check_key
 
 
@@ -24,17 +24,8 @@ class LocalStorage:
         return self.root / check_key(key)
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
-        target = self.path(key)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(self.path(key), data)
         except OSError as exc:
             raise ServiceUnavailableError(f"cannot write {key} to {self.root}: {exc}") from exc
 

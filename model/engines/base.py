@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -59,6 +59,11 @@ class GenerationOptions:
     guidance_scale: float | None = None
     seed: int | None = None
     color_fix: str | None = None
+
+    @classmethod
+    def of(cls, source: object) -> GenerationOptions:
+        """The options as named on ``source``: request parameters, or parsed CLI flags."""
+        return cls(**{field.name: getattr(source, field.name) for field in fields(cls)})
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.steps < 1:

