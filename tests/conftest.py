@@ -34,3 +34,13 @@ def megasr_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("megasr-cache")
     os.environ["MEGASR_CACHE_DIR"] = str(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny-tensor tests: they gain nothing from a second,
+    and on a CPU busy with other work OpenMP's barrier waits cost seconds per call."""
+    from megasr_tiny import one_thread
+
+    with one_thread():
+        yield

@@ -22,15 +22,7 @@ from megasr.model.benchmark.memory import PeakMemory
 from megasr.model.device import cpu_has_native_bf16
 from megasr.model.nets.rrdbnet import RRDBNet
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiles this small gain nothing from a second thread, and on a CPU busy with other work
-    OpenMP's barrier waits cost seconds per engine call: one thread keeps the tests fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ncnn_importable() -> bool:
