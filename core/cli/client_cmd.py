@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from megasr.cli.size_arguments import add_size_arguments
 from megasr.errors import InvalidParameterError
 from megasr.jobs import JobStatus, JobView
 
@@ -42,10 +43,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="OUT",
         help="output file or folder (default: FILE's folder, named FILE-megasr.EXT)",
     )
-    size = parser.add_argument_group("output size (default: --scale 4)")
-    size.add_argument("--scale", type=float, help="scale factor, 1 to 8")
-    size.add_argument("--width", type=int, help="output width in pixels")
-    size.add_argument("--height", type=int, help="output height in pixels")
+    add_size_arguments(parser)
     parser.add_argument("--engine", default="auto", help="engine name (default: auto)")
     parser.add_argument("--format", dest="output_format", help="png, jpeg or webp")
     parser.add_argument("--quality", type=int, help="JPEG/WebP quality, 1 to 100")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
+from megasr.cli.size_arguments import add_size_arguments
 from megasr.errors import ImageTooLargeError, InvalidParameterError, MegaSRError
 from megasr.files import write_atomic
 from megasr.imaging.encode import OUTPUT_FORMATS, default_output_format, normalize_format
@@ -64,10 +65,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="OUT",
         help="output folder, or a file name when there is one input file",
     )
-    size = parser.add_argument_group("output size (default: --scale 4)")
-    size.add_argument("--scale", type=float, help="scale factor, 1 to 8")
-    size.add_argument("--width", type=int, help="output width in pixels")
-    size.add_argument("--height", type=int, help="output height in pixels")
+    add_size_arguments(parser)
     parser.add_argument("--engine", default=None, help="auto, realesrgan-x4plus or megasr")
     parser.add_argument("--model", type=Path, default=None, help="MegaSR checkpoint folder")
     parser.add_argument(
