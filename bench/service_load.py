@@ -56,6 +56,9 @@ from megasr.loopback import ChildServer, free_port, gateway_command, uvicorn_com
 
 BENCH_DIR = Path(__file__).resolve().parent
 BARE_APP = "service_load:bare_app"  # imported from BENCH_DIR by the child uvicorn
+# psutil reads other processes' CPU time from /proc in clock ticks; a short run can take
+# less than one tick and read as zero, which says nothing about the true cost.
+CPU_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 ENGINE_READY_TIMEOUT_S = 300.0  # loading and warming up real weights on a busy CPU
 TABLE_COLUMNS = (
     "measurement",
@@ -114,6 +117,11 @@ class Row:
         return self.cpu_s / self.count
 
     @property
+    def cpu_measured(self) -> bool:
+        """Whether the CPU time reached the clock's resolution at all."""
+        return self.cpu_s >= CPU_TICK_S
+
+    @property
     def overhead(self) -> float | None:
         """How many times longer the same work takes than on the bare counterpart."""
         return None if self.baseline is None else self.baseline.throughput / self.throughput
@@ -121,8 +129,11 @@ class Row:
     @property
     def cpu_overhead(self) -> float | None:
         """How many times more CPU the same work takes: steadier than wall time on a CPU that
-        other work shares."""
-        return None if self.baseline is None else self.cpu_s_each / self.baseline.cpu_s_each
+        other work shares. None without a baseline, or when either side stayed under one
+        clock tick (then there is no ratio to give)."""
+        if self.baseline is None or not (self.cpu_measured and self.baseline.cpu_measured):
+            return None
+        return self.cpu_s_each / self.baseline.cpu_s_each
 
 
 @dataclass
@@ -436,15 +447,24 @@ def markdown_table(rows: Sequence[Row]) -> str:
             f"{row.seconds:.2f}",
             f"{row.throughput:.1f} {row.unit}",
             *(f"{value:.1f}" for value in (p50, p90, p99)),
-            f"{row.cpu_s_each * 1000:.1f}",
-            *(_ratio(value) for value in (row.overhead, row.cpu_overhead)),
+            _cpu_ms_each(row),
+            _ratio(row.overhead, row),
+            _ratio(row.cpu_overhead, row),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _ratio(value: float | None) -> str:
-    return "baseline" if value is None else f"{value:.2f}x"
+def _cpu_ms_each(row: Row) -> str:
+    if row.cpu_measured:
+        return f"{row.cpu_s_each * 1000:.1f}"
+    return f"< {CPU_TICK_S / row.count * 1000:.1f}"  # under one tick in all
+
+
+def _ratio(value: float | None, row: Row) -> str:
+    if value is not None:
+        return f"{value:.2f}x"
+    return "baseline" if row.baseline is None else "n/a (under one CPU tick)"
 
 
 def machine_description() -> str:

@@ -63,9 +63,31 @@ def test_the_table_has_every_measurement_with_its_baseline(bench, report):
     assert [row[3].split()[1] for row in body] == ["submits/s"] * 2 + ["images/min"] * 2
     assert all(float(value) > 0 for row in body for value in (row[2], row[3].split()[0]))
     assert all(float(row[4]) <= float(row[5]) <= float(row[6]) for row in body)
-    assert all(float(row[7]) > 0 for row in body)  # CPU ms per item
+    # CPU ms per item: a number, or a bound where a tiny run stayed under one clock tick
+    cpu_cells = [row[7] for row in body]
+    assert all(re.fullmatch(r"(< )?\d+\.\d", cell) for cell in cpu_cells), cpu_cells
+    assert all(float(cell.removeprefix("< ")) > 0 for cell in cpu_cells)
     assert [row[8:] for row in body[::2]] == [["baseline", "baseline"]] * 2
-    assert all(re.fullmatch(r"\d+\.\d\dx", ratio) for row in body[1::2] for ratio in row[8:])
+    assert all(re.fullmatch(r"\d+\.\d\dx", row[8]) for row in body[1::2])
+    assert all(re.fullmatch(r"\d+\.\d\dx|n/a \(under one CPU tick\)", row[9]) for row in body[1::2])
+
+
+def test_cpu_time_under_one_clock_tick_gives_a_bound_and_no_ratio(bench):
+    tick = bench.CPU_TICK_S
+    bare = bench.Row("bare", 4, 0.01, 0.0, "submits/s", (0.01,) * 4)
+    served = bench.Row("served", 4, 0.02, 3 * tick, "submits/s", (0.02,) * 4, baseline=bare)
+    measured = bench.Row("bare", 4, 0.01, tick, "submits/s", (0.01,) * 4)
+    against_measured = bench.Row("served", 4, 0.02, 3 * tick, "submits/s", (0.02,) * 4, measured)
+
+    assert served.cpu_overhead is None and served.overhead == pytest.approx(2.0)
+    assert against_measured.cpu_overhead == pytest.approx(3.0)
+    cells = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in bench.markdown_table([bare, served, measured, against_measured]).splitlines()
+    ][2:]
+    assert cells[0][7] == f"< {tick / 4 * 1000:.1f}"
+    assert cells[1][7:] == [f"{3 * tick / 4 * 1000:.1f}", "2.00x", "n/a (under one CPU tick)"]
+    assert cells[3][7:] == [f"{3 * tick / 4 * 1000:.1f}", "2.00x", "3.00x"]
 
 
 def test_every_latency_is_measured_and_the_notes_say_what_ran(report):
