@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     device: Device = "auto"
     dtype: Precision = "auto"
     tile: int = Field(0, ge=0, description="Engine input tile side in pixels; 0 = engine default.")
+    cpu_threads: int = Field(
+        0, ge=0, description="Threads an engine computes with on the CPU; 0 = one per core."
+    )
 
     # Quality metrics.
     brisque_model_dir: Path = Field(

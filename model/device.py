@@ -33,6 +33,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_cpu_threads(count: int) -> None:
+    """Compute on ``count`` CPU threads (0 keeps PyTorch's default, one per core).
+
+    PyTorch's OpenMP threads spin at every barrier. On cores another busy process shares (a
+    CPU worker beside its gateway, two workers on one host), that spinning made a 128 px
+    bfloat16 tile take 21.4 s instead of 4.5 s with one thread (docs/benchmarks.md), so a
+    process that shares its cores should be given its own share of them.
+    """
+    if count:
+        torch.set_num_threads(count)
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto`` -> :func:`fast_dtype` for ``device``; otherwise the named dtype."""
     if name == "auto":

@@ -1,4 +1,4 @@
-"""Device and fast-dtype resolution."""
+"""Device, fast-dtype and CPU-thread resolution."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from megasr.errors import EngineError
-from megasr.model.device import cpu_has_native_bf16, fast_dtype, resolve_device, resolve_dtype
+from megasr.model.device import (
+    cpu_has_native_bf16,
+    fast_dtype,
+    resolve_device,
+    resolve_dtype,
+    use_cpu_threads,
+)
+from megasr.model.engines.registry import load_engine
+from megasr.settings import Settings
+from megasr.worker.engines import EnginePool
 
 CPU = torch.device("cpu")
 
@@ -50,3 +59,38 @@ def test_bf16_check_agrees_with_the_cpu_flags() -> None:
             flags.update(line.split(":", 1)[1].split())
     has_bf16 = bool(flags & {"avx512_bf16", "amx_bf16"})
     assert cpu_has_native_bf16() == (has_bf16 and torch.backends.mkldnn.is_available())
+
+
+@pytest.fixture
+def many_threads():
+    """Three threads to start from, so a limit to one is seen; the old count comes back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("many_threads")
+def test_cpu_threads_limit_and_zero_keeps_the_count() -> None:
+    use_cpu_threads(0)
+    assert torch.get_num_threads() == 3
+    use_cpu_threads(1)
+    assert torch.get_num_threads() == 1
+
+
+@pytest.mark.usefixtures("many_threads")
+def test_the_cli_engine_loader_applies_the_setting() -> None:
+    settings = Settings(cpu_threads=1, device="cpu", dtype="float32", tile=32)
+    engine = load_engine("realesrgan-x4plus", settings)
+    assert engine.name == "realesrgan-x4plus"
+    assert torch.get_num_threads() == 1
+
+
+@pytest.mark.usefixtures("many_threads")
+def test_the_worker_engine_pool_applies_the_setting_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MEGASR_CPU_THREADS", "2")
+    pool = EnginePool(Settings(device="cpu", worker_engines=["worker_engines:TinyEngine"]))
+    pool.load()
+    assert pool.ready and torch.get_num_threads() == 2

@@ -139,7 +139,7 @@ class Cluster:
             MEGASR_WEBHOOK_SECRET=SECRET,
             MEGASR_WEBHOOK_BACKOFF_S="0.05",
             MEGASR_TEST_HOLD=str(hold),
-            OMP_NUM_THREADS="1",  # several workers share the machine's cores
+            MEGASR_CPU_THREADS="1",  # several workers share the machine's cores
         )
         return env
 

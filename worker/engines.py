@@ -24,7 +24,7 @@ import torch
 
 from megasr.engine_status import EngineState
 from megasr.errors import EngineError
-from megasr.model.device import resolve_device, resolve_dtype
+from megasr.model.device import resolve_device, resolve_dtype, use_cpu_threads
 from megasr.model.engines.base import Engine, TileSpec
 from megasr.model.engines.registry import create_engine, resolve_engine_name
 from megasr.settings import Settings
@@ -92,6 +92,7 @@ class EnginePool:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
+        use_cpu_threads(settings.cpu_threads)
         # None lets each engine take its fast path; a named dtype is forced on every engine.
         self.dtype = (
             None if settings.dtype == "auto" else resolve_dtype(settings.dtype, self.device)
@@ -120,7 +121,12 @@ class EnginePool:
             engine = build_engine(spec, self.settings)
             self.states[engine.name] = EngineState.LOADING
             notify()
-            logger.info("loading engine %s on %s", engine.name, self.device)
+            logger.info(
+                "loading engine %s on %s (%d CPU threads)",
+                engine.name,
+                self.device,
+                torch.get_num_threads(),
+            )
             try:
                 engine.load(self.device, self.dtype)
                 engine.warmup()
