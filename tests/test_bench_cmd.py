@@ -6,6 +6,7 @@ makes any timing assertion flaky.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import os
@@ -113,6 +114,32 @@ def test_peak_memory_sees_a_native_allocation():
     if peak.bytes is None:
         pytest.skip("this system cannot reset its peak RSS (/proc/self/clear_refs)")
     assert 60 * 2**20 <= peak.bytes < 200 * 2**20
+
+
+def test_peak_memory_does_not_count_heap_freed_before_the_call():
+    """Freed heap the C allocator still holds is handed back before the peak starts, so a
+    call that allocates nothing has no peak, whatever came before it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        pytest.skip("needs glibc's malloc_trim, which this system lacks")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    size = 64 * 2**10  # under the mmap threshold: the blocks live on the heap
+    blocks = [libc.malloc(size) for _ in range(1600)]  # 100 MiB
+    pin = libc.malloc(size)  # keeps the freed blocks below the heap top, where free() keeps them
+    for block in blocks:
+        ctypes.memset(block, 1, size)
+    for block in blocks:
+        libc.free(block)
+    try:
+        with PeakMemory(torch.device("cpu")) as peak:
+            pass
+    finally:
+        libc.free(pin)
+    if peak.bytes is None:
+        pytest.skip("this system cannot reset its peak RSS (/proc/self/clear_refs)")
+    assert peak.bytes < 16 * 2**20
 
 
 def test_flop_counter_counts_every_convolution_of_a_tiny_rrdbnet():

@@ -43,9 +43,10 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._before = torch.cuda.memory_allocated(self.device)
-        elif _reset_cpu_peak():
-            _release_free_heap()
-            self._before = _status_kib("VmRSS") * 1024
+        else:
+            _release_free_heap()  # first: the peak must start from the trimmed size
+            if _reset_cpu_peak():
+                self._before = _status_kib("VmRSS") * 1024
         return self
 
     def __exit__(
