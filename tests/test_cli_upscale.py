@@ -172,7 +172,7 @@ def tiny_megasr(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_megasr_takes_prompt_steps_and_seed(
-    tiny_megasr: Path, degraded: Path, tmp_path: Path
+    tiny_megasr: Path, degraded: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -189,6 +189,7 @@ def test_megasr_takes_prompt_steps_and_seed(
     with one_thread():  # a tiny network: threads would only wait on each other
         upscale(inputs, tmp_path / "seed1", "1")
         upscale(inputs / "a.png", tmp_path / "seed2.png", "2")
+    assert capfd.readouterr().err == ""  # --quiet: not even the libraries' loading bars
 
     first, second, reseeded = (
         np.asarray(Image.open(path))

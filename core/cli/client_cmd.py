@@ -7,12 +7,19 @@ import os
 import sys
 from pathlib import Path
 
-from megasr.cli.size_arguments import add_size_arguments
+from megasr.cli.upscale_arguments import (
+    DIFFUSION_FIELDS,
+    add_diffusion_arguments,
+    add_size_arguments,
+)
 from megasr.errors import InvalidParameterError
 from megasr.jobs import JobStatus, JobView
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-PARAMS = ("scale", "width", "height", "engine", "output_format", "quality", "prompt", "seed")
+PARAMS = (
+    "scale", "width", "height", "engine", "output_format", "quality", "webhook_url",
+    *DIFFUSION_FIELDS,
+)  # fmt: skip
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -47,8 +54,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--engine", default="auto", help="engine name (default: auto)")
     parser.add_argument("--format", dest="output_format", help="png, jpeg or webp")
     parser.add_argument("--quality", type=int, help="JPEG/WebP quality, 1 to 100")
-    parser.add_argument("--prompt", help="what the image shows (diffusion engines)")
-    parser.add_argument("--seed", type=int, help="random seed (diffusion engines)")
+    parser.add_argument("--webhook-url", help="the service POSTs the finished job to this URL")
+    add_diffusion_arguments(parser)
     parser.add_argument("--timeout", type=float, default=None, help="give up after seconds")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=run_upscale)
@@ -63,6 +70,8 @@ def run_upscale(args: argparse.Namespace) -> int:
     report = None if args.quiet else _print_progress
     with Client(args.url, api_key=args.api_key) as client:
         job = client.submit(args.file, **params)
+        if not args.quiet:
+            print(f"job {job.id}", file=sys.stderr, flush=True)
         try:
             job = client.wait(job.id, on_progress=report, timeout_s=args.timeout)
         except TimeoutError as exc:

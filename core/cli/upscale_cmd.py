@@ -6,15 +6,14 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING
 
-from megasr.cli.size_arguments import add_size_arguments
+from megasr.cli.upscale_arguments import add_diffusion_arguments, add_size_arguments
 from megasr.errors import ImageTooLargeError, InvalidParameterError, MegaSRError
 from megasr.files import write_atomic
 from megasr.imaging.encode import OUTPUT_FORMATS, default_output_format, normalize_format
 from megasr.imaging.image import ImageLimits
 from megasr.imaging.sizing import OutputSize
-from megasr.jobs import ColorFix
 from megasr.settings import Settings
 
 if TYPE_CHECKING:
@@ -79,20 +78,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    diffusion = parser.add_argument_group(
-        "diffusion options (the megasr engine; other engines ignore them)",
-        "Left out, each is the checkpoint's inference default.",
-    )
-    diffusion.add_argument("--prompt", default=None, help="text describing the image")
-    diffusion.add_argument("--negative-prompt", default=None, help="what to steer away from")
-    diffusion.add_argument("--steps", type=int, default=None, help="sampling steps, 1 or more")
-    diffusion.add_argument(
-        "--guidance-scale", type=float, default=None, help="classifier-free guidance, 0 or more"
-    )
-    diffusion.add_argument("--seed", type=int, default=None, help="noise seed, 0 to 2^64-1")
-    diffusion.add_argument(
-        "--color-fix", default=None, choices=get_args(ColorFix), help="colour correction"
-    )
+    add_diffusion_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -102,8 +88,11 @@ def run(args: argparse.Namespace) -> int:
     jobs = plan_jobs(args.inputs, args.output)
 
     from megasr.model.engines.registry import load_engine
+    from megasr.model.loading_bars import hide_loading_bars
     from megasr.model.upscaler import Upscaler
 
+    if args.quiet:
+        hide_loading_bars()
     engine = load_engine(settings.engine, settings)
     upscaler = Upscaler(engine)
     failures = 0
