@@ -25,6 +25,16 @@ def problem(status: int, title: str, detail: str, kind: str | None = None) -> di
     }
 
 
+def worker_lost_problem() -> dict[str, Any]:
+    """The problem of a job whose worker went away mid-job and left no error of its own."""
+    return problem(
+        500,
+        "Job failed",
+        "the worker stopped without finishing the job (killed, timed out or crashed)",
+        "job-failed",
+    )
+
+
 def problem_from_error(error: MegaSRError) -> dict[str, Any]:
     """The problem object of a typed error."""
     body = problem(error.status, error.title, error.detail, error.problem_type)

@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     gateway_port: int = Field(8000, ge=0, le=65535)
     maintenance_interval_s: float = Field(30.0, gt=0, description="Registry cleanup period.")
 
-    # Worker: webhooks, metrics port, batching, heartbeats.
+    # Worker: webhooks (the gateway sends some too), metrics port, batching, heartbeats.
     webhook_secret: SecretStr | None = None
     worker_host: str = "127.0.0.1"
     worker_metrics_port: int = Field(9100, ge=0, le=65535)

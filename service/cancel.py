@@ -3,7 +3,8 @@
 Three things, in this order: the cancel key (the one signal a worker can trust, see
 :mod:`megasr.cancellation`), RQ's own cancel (status ``canceled``, out of the queue and the
 registries, so ``rq info`` agrees) and, for a running job, RQ's stop-job command so a
-worker that listens drops it at once instead of at its next check.
+worker that listens drops it at once instead of at its next check. A job canceled before any
+worker took it gets its ``job.canceled`` webhook from here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rq.job import JobStatus as RQStatus
 
 from megasr.cancellation import is_cancel_requested, request_cancel
 from megasr.errors import ConflictError
+from megasr.jobs import JobStatus
 from megasr.service.context import Gateway
 from megasr.service.views import public_status
 
@@ -39,3 +41,5 @@ def cancel_job(gw: Gateway, job_id: str, job: Job | None) -> None:
     if rq_status == RQStatus.STARTED:
         with contextlib.suppress(InvalidJobOperation):
             send_stop_job_command(gw.redis, job_id, serializer=gw.queue.serializer)
+    else:  # no worker holds it, so none will tell the client it ended
+        gw.notifier.notify(job, JobStatus.CANCELED)

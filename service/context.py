@@ -8,6 +8,7 @@ from fastapi import Request
 from redis import Redis
 from rq import Queue
 
+from megasr.notifications import JobNotifier
 from megasr.queue import get_queue, redis_connection
 from megasr.service.auth import ApiKeys
 from megasr.service.metrics import GatewayMetrics
@@ -28,21 +29,25 @@ class Gateway:
     storage: Storage
     metrics: GatewayMetrics
     api_keys: ApiKeys
+    notifier: JobNotifier  # webhooks of the jobs that end here, not in a worker
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
         redis = redis_connection(settings, socket_timeout=REDIS_SOCKET_TIMEOUT_S)
         queue = get_queue(settings, redis)
+        storage = create_storage(settings)
         return cls(
             settings=settings,
             redis=redis,
             queue=queue,
-            storage=create_storage(settings),
+            storage=storage,
             metrics=GatewayMetrics(queue),
             api_keys=ApiKeys.from_settings(settings),
+            notifier=JobNotifier.from_settings(settings, storage),
         )
 
     def close(self) -> None:
+        self.notifier.close()
         self.redis.close()
 
 

@@ -2,7 +2,8 @@
 
 RQ recovers the jobs of a dead worker only when someone cleans its registries; workers do
 it between jobs, but a busy or dead fleet does not, so the gateway (never busy for long)
-does it on a timer. A Redis lock makes one replica of many do each pass. Stored objects past
+does it on a timer, and tells the client of a job abandoned on its last try (webhook
+``job.failed``). A Redis lock makes one replica of many do each pass. Stored objects past
 the retention window are swept far less often (listing a bucket is not free).
 """
 
@@ -41,7 +42,7 @@ def maintain_once(gw: Gateway) -> bool:
     interval = max(1, int(gw.settings.maintenance_interval_s))
     if not gw.redis.set(REGISTRY_LOCK, "1", nx=True, ex=interval):
         return False
-    clean_registries(gw.queue)
+    clean_registries(gw.queue, exception_handlers=[gw.notifier.on_abandoned])
     if gw.redis.set(SWEEP_LOCK, "1", nx=True, ex=SWEEP_INTERVAL_S):
         try:
             removed = gw.storage.sweep(retention_window_s(gw))

@@ -27,7 +27,7 @@ from megasr.jobs import (
     JobView,
     OutputInfo,
 )
-from megasr.problems import problem
+from megasr.problems import worker_lost_problem
 from megasr.queue import JOB_SERIALIZER
 from megasr.service.context import Gateway
 from megasr.service.records import JobRecord, load_record
@@ -101,12 +101,7 @@ def job_view(
             url=result_url,
         )
     elif status is JobStatus.FAILED:
-        view.error = meta.get(META_ERROR) or problem(
-            500,
-            "Job failed",
-            "the worker stopped without finishing the job (killed, timed out or crashed)",
-            "job-failed",
-        )
+        view.error = meta.get(META_ERROR) or worker_lost_problem()
     return view
 
 

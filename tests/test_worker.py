@@ -9,8 +9,6 @@ recovered by RQ within seconds.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import io
 import json
 import os
@@ -18,12 +16,10 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +32,7 @@ from rq.command import send_stop_job_command
 from rq.job import Job, JobStatus
 from rq.registry import clean_registries
 from rq.utils import now
+from webhook_receiver import WebhookReceiver
 
 from megasr.cancellation import request_cancel
 from megasr.embedded_redis import EmbeddedRedis
@@ -295,40 +292,6 @@ def hold(worker: WorkerProcess) -> Iterator[Path]:
     worker.hold.unlink(missing_ok=True)
 
 
-class WebhookReceiver:
-    """A real HTTP endpoint on loopback that answers 503 to each job's first delivery."""
-
-    def __init__(self) -> None:
-        self.deliveries: list[tuple[dict[str, str], bytes]] = []
-        self.attempts: dict[str, int] = {}
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                job_id = json.loads(body)["id"]
-                receiver.attempts[job_id] = receiver.attempts.get(job_id, 0) + 1
-                if receiver.attempts[job_id] == 1:
-                    self.send_response(503)
-                else:
-                    receiver.deliveries.append(
-                        ({k.lower(): v for k, v in self.headers.items()}, body)
-                    )
-                    self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 # -- the shared worker ------------------------------------------------------------------------
 
 
@@ -436,12 +399,7 @@ def test_bad_input_fails_alone_and_webhooks_are_signed(cluster: Cluster, worker,
     assert failed.meta["error"]["type"].endswith("invalid-image")
     assert len(failed.results()) == 1  # bad input is not retried
     assert not cluster.storage.exists(f"outputs/{bad['job_id']}/output.png")
-    bodies = {}
-    for headers, body in receiver.deliveries:
-        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-        assert hmac.compare_digest(headers["x-megasr-signature"], expected)
-        view = json.loads(body)
-        bodies[view["id"]] = view
+    bodies = receiver.bodies(SECRET)
     assert receiver.attempts == {good["job_id"]: 2, bad["job_id"]: 2}  # 503 first, then retried
     assert bodies[good["job_id"]]["status"] == "succeeded"
     assert bodies[good["job_id"]]["output"]["width"] == 4 * 48
@@ -574,6 +532,39 @@ def test_killed_worker_job_is_retried_by_a_new_worker(cluster: Cluster, photo) -
         doomed.stop()
         if rescuer is not None:
             rescuer.stop()
+
+
+def test_a_job_abandoned_on_its_last_try_fails_and_says_so(cluster: Cluster, photo) -> None:
+    """A worker dies holding a job with no retries left: the next worker's registry cleanup
+    fails the job and sends its webhook, as the dead worker would have."""
+    receiver = WebhookReceiver()
+    doomed = WorkerProcess(cluster, "abandon", "abandoning-worker")
+    cleaner = None
+    try:
+        doomed.wait_ready()
+        doomed.hold.touch()  # its engine never finishes a call
+        payload = cluster.payload(photo, webhook_url=receiver.url)
+        job = cluster.submit_one("abandon", payload, max_retries=0)
+        cluster.wait_status(job.id, JobStatus.STARTED)
+        doomed.process.kill()
+        doomed.process.wait()
+        cleaner = WorkerProcess(cluster, "abandon", "cleaning-worker").wait_ready()
+
+        failed = cluster.wait_status(job.id, JobStatus.FAILED)
+        wait_for(lambda: receiver.deliveries, "the webhook")
+    finally:
+        receiver.close()
+        doomed.stop()
+        if cleaner is not None:
+            cleaner.stop()
+
+    ((headers, _),) = receiver.deliveries
+    assert headers["x-megasr-event"] == "job.failed"
+    view = receiver.bodies(SECRET)[job.id]
+    assert view["status"] == "failed" and view["output"] is None
+    assert view["error"]["type"].endswith("job-failed")
+    assert failed.meta["error"] == view["error"]
+    assert receiver.attempts == {job.id: 2}  # 503 first, then retried
 
 
 def test_sigterm_finishes_the_batch_in_hand(cluster: Cluster, photo) -> None:

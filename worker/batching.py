@@ -118,6 +118,8 @@ class BatchingWorker(SimpleWorker):
             serializer=JOB_SERIALIZER,
             worker_ttl=settings.worker_ttl_s,
             maintenance_interval=settings.worker_maintenance_interval_s,
+            # Called by RQ's registry cleanup for jobs a dead worker left behind.
+            exception_handlers=[runtime.notifier.on_abandoned],
         )
         self.runtime = runtime
         self._stop_job_ids: set[str] = set()

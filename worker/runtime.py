@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from rq.job import Job
 
 from megasr.jobs import JobPayload
+from megasr.notifications import JobNotifier
 from megasr.settings import Settings, get_settings
 from megasr.storage import Storage, create_storage
 from megasr.worker.engines import EnginePool
 from megasr.worker.metrics import WorkerMetrics
-from megasr.worker.notifications import JobNotifier
 from megasr.worker.tile_runner import TileRunner
 from megasr.worker.upscale_job import UpscaleJob
-from megasr.worker.webhooks import WebhookSender
 
 
 @dataclass
@@ -41,15 +40,13 @@ class WorkerRuntime:
         engines = EnginePool(settings)
         metrics = WorkerMetrics(engines.device)
         storage = create_storage(settings)
-        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-        sender = WebhookSender(secret, settings.webhook_attempts, settings.webhook_backoff_s)
         return cls(
             settings=settings,
             storage=storage,
             engines=engines,
             metrics=metrics,
             runner=TileRunner(metrics),
-            notifier=JobNotifier(settings, storage, sender),
+            notifier=JobNotifier.from_settings(settings, storage),
         )
 
     def load_engines(self, on_change: Callable[[], None] | None = None) -> WorkerRuntime:
@@ -64,7 +61,7 @@ class WorkerRuntime:
 
     def close(self) -> None:
         """Wait for webhooks still being delivered."""
-        self.notifier.sender.close()
+        self.notifier.close()
 
 
 _runtime: WorkerRuntime | None = None

@@ -29,6 +29,7 @@ from service_support import (
     wait_until,
     worker_env,
 )
+from webhook_receiver import WebhookReceiver
 
 from megasr.client import Client
 from megasr.jobs import JobStatus
@@ -38,6 +39,8 @@ from megasr.storage import LocalStorage, S3Storage
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: apt install chromium
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+SECRET = "e2e-webhook-secret"
+WEBHOOKS = {"webhook_secret": SECRET, "webhook_backoff_s": "0.05"}
 
 
 @dataclass
@@ -76,7 +79,7 @@ def stop_stack(stack: Stack) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
-    stack = start_stack(tmp_path_factory.mktemp("stack"), "e2e")
+    stack = start_stack(tmp_path_factory.mktemp("stack"), "e2e", **WEBHOOKS)
     yield stack
     stop_stack(stack)
 
@@ -143,6 +146,28 @@ def test_the_client_command_writes_the_result(stack, photo, tmp_path):
     assert image_size((tmp_path / "cup-megasr.webp").read_bytes()) == (192, 128)
 
 
+def test_the_client_command_sends_the_diffusion_options(stack, photo, tmp_path):
+    source = tmp_path / "cup.png"
+    source.write_bytes(photo)
+    command = [sys.executable, "-m", "megasr.cli.main", "client", "upscale", str(source)]
+    command += ["--url", stack.gateway.url, "--api-key", "key-a", "-o", str(tmp_path)]
+    command += ["--prompt", "a cup", "--negative-prompt", "blur", "--steps", "3"]
+    command += ["--guidance-scale", "2.5", "--seed", "7", "--color-fix", "wavelet"]
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    assert result.returncode == 0, result.stderr
+    job_id = re.search(r"^job (\S+)$", result.stderr, re.MULTILINE).group(1)
+    with Client(stack.gateway.url, api_key="key-a") as client:
+        params = client.get(job_id).params
+    assert {name: params[name] for name in ("prompt", "negative_prompt", "color_fix")} == {
+        "prompt": "a cup",
+        "negative_prompt": "blur",
+        "color_fix": "wavelet",
+    }
+    assert (params["steps"], params["guidance_scale"], params["seed"]) == (3, 2.5, 7)
+
+
 def test_results_come_from_s3_by_presigned_redirect(s3_stack, s3_endpoint, photo):
     with Client(s3_stack.gateway.url, api_key="key-a") as client:
         job = client.submit(photo, scale=2)
@@ -180,6 +205,57 @@ def test_cancel_a_running_job(stack, photo):
     storage = LocalStorage(stack.settings.data_dir / "objects")
     assert not storage.exists(f"outputs/{job.id}/output.png")
     assert storage.exists(f"outputs/{later.id}/output.png")
+
+
+def test_a_job_canceled_in_the_queue_gets_its_webhook_from_the_gateway(stack, photo):
+    receiver = WebhookReceiver()
+    stack.hold.touch()  # the worker holds its first job: the next one stays queued
+    try:
+        with Client(stack.gateway.url, api_key="key-a") as client:
+            running = client.submit(photo, scale=2)
+            wait_until(lambda: client.get(running.id).status is JobStatus.RUNNING, "running")
+            queued = client.submit(photo, scale=2, webhook_url=receiver.url)
+            assert client.get(queued.id).status is JobStatus.QUEUED
+            client.cancel(queued.id)
+            wait_until(lambda: receiver.deliveries, "the webhook")
+            stack.hold.unlink()
+            client.wait(running.id, timeout_s=60)
+    finally:
+        stack.hold.unlink(missing_ok=True)
+        receiver.close()
+
+    ((headers, _),) = receiver.deliveries
+    assert headers["x-megasr-event"] == "job.canceled"
+    view = receiver.bodies(SECRET)[queued.id]
+    assert view["status"] == "canceled" and view["output"] is None and view["error"] is None
+    assert view["params"]["webhook_url"] == receiver.url
+    assert receiver.attempts == {queued.id: 2}  # 503 first, then retried
+
+
+def test_a_job_abandoned_on_its_last_try_fails_with_a_webhook_from_the_gateway(tmp_path, photo):
+    """The worker is SIGKILLed holding a job with no retries left and no other worker runs:
+    the gateway's registry cleanup fails the job and sends its webhook."""
+    knobs = {"max_retries": "0", "heartbeat_interval_s": "0.5", "heartbeat_ttl_s": "2"}
+    stack = start_stack(tmp_path, "e2e-abandon", maintenance_interval_s="0.5", **knobs, **WEBHOOKS)
+    receiver = WebhookReceiver()
+    stack.hold.touch()
+    try:
+        with Client(stack.gateway.url, api_key="key-a") as client:
+            job = client.submit(photo, scale=2, webhook_url=receiver.url)
+            wait_until(lambda: client.get(job.id).status is JobStatus.RUNNING, "running")
+            stack.worker.process.kill()
+            wait_until(lambda: receiver.deliveries, "the webhook", timeout_s=30)
+            final = client.get(job.id)
+    finally:
+        receiver.close()
+        stop_stack(stack)
+
+    ((headers, _),) = receiver.deliveries
+    assert headers["x-megasr-event"] == "job.failed"
+    view = receiver.bodies(SECRET)[job.id]
+    assert view["status"] == "failed" and view["error"]["type"].endswith("job-failed")
+    assert final.status is JobStatus.FAILED
+    assert final.error == view["error"]
 
 
 def test_the_web_page_upscales_in_a_browser(stack, tmp_path, photo):

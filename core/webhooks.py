@@ -2,10 +2,10 @@
 
 The body is the job's public JSON; ``X-MegaSR-Signature: sha256=<hex>`` is the HMAC-SHA256 of
 the exact body bytes under the shared ``webhook_secret``, so a receiver recomputes it over the
-raw body before parsing. Deliveries run on a small thread pool, never in the batch loop: a
-slow receiver must not hold up other jobs' GPU work. A failed delivery (no connection, a
-timeout, 5xx or 429) is retried with doubling backoff; other answers are final. Redirects are
-not followed: a webhook goes only where the client said.
+raw body before parsing. Deliveries run on a small thread pool, never in a worker's batch
+loop or a gateway request: a slow receiver must hold up neither. A failed delivery (no
+connection, a timeout, 5xx or 429) is retried with doubling backoff; other answers are final.
+Redirects are not followed: a webhook goes only where the client said.
 """
 
 from __future__ import annotations
@@ -21,17 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 SIGNATURE_HEADER = "X-MegaSR-Signature"
 EVENT_HEADER = "X-MegaSR-Event"
 
-logger = logging.getLogger("megasr.worker.webhooks")
+logger = logging.getLogger("megasr.webhooks")
 
 
 def sign(body: bytes, secret: str) -> str:
     """The signature header value for ``body``."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def verify(body: bytes, secret: str, signature: str) -> bool:
-    """Constant-time check of a signature header (what a receiver does)."""
-    return hmac.compare_digest(sign(body, secret), signature)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -69,7 +64,7 @@ class WebhookSender:
     def _deliver(self, url: str, event: str, body: bytes) -> bool:
         headers = {
             "Content-Type": "application/json",
-            "User-Agent": "megasr-worker",
+            "User-Agent": "megasr",
             EVENT_HEADER: event,
         }
         if self._secret:
