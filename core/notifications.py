@@ -16,22 +16,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
 
 from rq.exceptions import AbandonedJobError
 from rq.job import Job
 
-from megasr.jobs import (
-    META_ERROR,
-    META_OUTPUT,
-    META_PROGRESS,
-    META_STAGE,
-    META_TIMINGS,
-    TASK_FUNC,
-    JobStatus,
-    JobView,
-    OutputInfo,
-)
+from megasr.job_view import public_view
+from megasr.jobs import META_ERROR, META_OUTPUT, META_STAGE, TASK_FUNC, JobStatus, JobView
 from megasr.problems import worker_lost_problem
 from megasr.settings import Settings
 from megasr.storage import Storage
@@ -57,7 +47,7 @@ class JobNotifier:
         url = payload.get("params", {}).get("webhook_url")
         if not url:
             return
-        body = self.view(job, payload, status).model_dump_json().encode()
+        body = self.view(job, status).model_dump_json().encode()
         self.sender.send(url, f"job.{status}", body)
 
     def on_abandoned(
@@ -83,28 +73,15 @@ class JobNotifier:
         """Wait for deliveries still in flight, retries included."""
         self.sender.close()
 
-    def view(self, job: Job, payload: dict[str, Any], status: JobStatus) -> JobView:
-        meta = job.meta
-        output = meta.get(META_OUTPUT) if status is JobStatus.SUCCEEDED else None
-        error = None
-        if status is JobStatus.FAILED:
-            error = meta.get(META_ERROR) or worker_lost_problem()
-        return JobView(
-            id=job.id,
-            status=status,
-            created_at=payload.get("created_at"),
-            started_at=job.started_at,
-            finished_at=job.ended_at or datetime.now(UTC),
-            progress=meta.get(META_PROGRESS, 0.0),
-            stage=meta.get(META_STAGE),
-            params=payload.get("params", {}),
-            input=payload.get("input"),
-            output=self._output(output) if output else None,
-            error=error,
-            timings=meta.get(META_TIMINGS, {}),
-        )
-
-    def _output(self, output: dict[str, Any]) -> OutputInfo:
-        url = self.storage.url(output["key"], self.settings.presigned_url_ttl_s)
-        fields = {k: v for k, v in output.items() if k != "key"}
-        return OutputInfo(**fields, url=url)
+    def view(self, job: Job, status: JobStatus) -> JobView:
+        """What ``GET /v1/jobs/{id}`` answers once the job has ended at ``status``, with the
+        result's storage URL (presigned; None for local storage)."""
+        created = job.args[0].get("created_at")
+        output = job.meta.get(META_OUTPUT)
+        url = None
+        if status is JobStatus.SUCCEEDED and output:
+            url = self.storage.url(output["key"], self.settings.presigned_url_ttl_s)
+        created_at = datetime.fromisoformat(created) if created else None
+        view = public_view(job, status, created_at, url)
+        view.finished_at = view.finished_at or datetime.now(UTC)  # ended before RQ stamps it
+        return view

@@ -7,8 +7,7 @@ longer has but whose ownership record remains reads ``expired``.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
@@ -16,18 +15,8 @@ from rq.job import JobStatus as RQStatus
 
 from megasr.cancellation import is_cancel_requested
 from megasr.errors import NotFoundError
-from megasr.jobs import (
-    META_ERROR,
-    META_OUTPUT,
-    META_PROGRESS,
-    META_STAGE,
-    META_TIMINGS,
-    ImageInfo,
-    JobStatus,
-    JobView,
-    OutputInfo,
-)
-from megasr.problems import worker_lost_problem
+from megasr.job_view import public_view
+from megasr.jobs import JobStatus, JobView
 from megasr.queue import JOB_SERIALIZER
 from megasr.service.context import Gateway
 from megasr.service.records import JobRecord, load_record
@@ -75,33 +64,9 @@ def job_view(
         status = public_status(None, is_cancel_requested(gw.redis, job_id))
         return JobView(id=job_id, status=status, created_at=created_at)
     status = public_status(job.get_status(refresh=False), is_cancel_requested(gw.redis, job_id))
-    payload: dict[str, Any] = job.args[0] if job.args else {}
-    meta = job.meta or {}
-    view = JobView(
-        id=job_id,
-        status=status,
-        created_at=created_at,
-        started_at=_utc(job.started_at),
-        finished_at=_utc(job.ended_at) if status.is_terminal else None,
-        progress=1.0 if status is JobStatus.SUCCEEDED else float(meta.get(META_PROGRESS, 0.0)),
-        stage=meta.get(META_STAGE),
-        params=payload.get("params", {}),
-        input=ImageInfo(**payload["input"]) if payload.get("input") else None,
-        timings=meta.get(META_TIMINGS) or {},
-    )
+    view = public_view(job, status, created_at, result_url)
     if status is JobStatus.QUEUED:
         view.queue_position = _queue_position(job)
-    elif status is JobStatus.SUCCEEDED and meta.get(META_OUTPUT):
-        output = meta[META_OUTPUT]
-        view.output = OutputInfo(
-            width=output["width"],
-            height=output["height"],
-            format=output["format"],
-            bytes=output["bytes"],
-            url=result_url,
-        )
-    elif status is JobStatus.FAILED:
-        view.error = meta.get(META_ERROR) or worker_lost_problem()
     return view
 
 
@@ -111,9 +76,3 @@ def _queue_position(job: Job) -> int | None:
         return None  # waiting for a retry, not in the queue list
     position = job.get_position()
     return 0 if position is None else position
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
