@@ -65,10 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from megasr.model.device import resolve_device
     from megasr.model.engines.registry import resolve_engine_name
     from megasr.model.evaluation.dataset import read_rgb8
-    from megasr.model.loading_bars import hide_loading_bars
 
-    if args.quiet:
-        hide_loading_bars()
     settings = Settings(**({} if args.model is None else {"megasr_model": args.model}))
     config = BenchConfig(
         engines=list(

@@ -83,11 +83,8 @@ def run(args: argparse.Namespace) -> int:
     from megasr.model.evaluation.dataset import load_images
     from megasr.model.evaluation.evaluate import Evaluation, metric_columns
     from megasr.model.evaluation.report import FORMATS as WRITERS
-    from megasr.model.loading_bars import hide_loading_bars
 
     _check(args)
-    if args.quiet:
-        hide_loading_bars()
     settings = _settings(args)
     engines = list(
         dict.fromkeys(resolve_engine_name(e, settings) for e in args.engines or ["auto"])

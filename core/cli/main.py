@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):  # no progress output, the libraries' included
+        from megasr.model.loading_bars import hide_loading_bars
+
+        hide_loading_bars()
     try:
         return int(args.func(args) or 0)
     except MegaSRError as error:

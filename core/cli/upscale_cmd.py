@@ -88,11 +88,8 @@ def run(args: argparse.Namespace) -> int:
     jobs = plan_jobs(args.inputs, args.output)
 
     from megasr.model.engines.registry import load_engine
-    from megasr.model.loading_bars import hide_loading_bars
     from megasr.model.upscaler import Upscaler
 
-    if args.quiet:
-        hide_loading_bars()
     engine = load_engine(settings.engine, settings)
     upscaler = Upscaler(engine)
     failures = 0
