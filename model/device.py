@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from megasr.errors import EngineError
+from megasr.settings import Settings
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,6 +32,14 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise EngineError(f"unknown device {name!r}; expected auto, cpu or cuda")
     return torch.device(name)
+
+
+def engine_placement(settings: Settings) -> tuple[torch.device, torch.dtype | None]:
+    """Where the configured engines run: the device, and the dtype forced on every engine
+    (None lets each take its own fast path). Applies ``settings.cpu_threads`` on the way."""
+    device = resolve_device(settings.device)
+    use_cpu_threads(settings.cpu_threads)
+    return device, None if settings.dtype == "auto" else resolve_dtype(settings.dtype, device)
 
 
 def use_cpu_threads(count: int) -> None:

@@ -24,7 +24,7 @@ import torch
 
 from megasr.engine_status import EngineState
 from megasr.errors import EngineError
-from megasr.model.device import resolve_device, resolve_dtype, use_cpu_threads
+from megasr.model.device import engine_placement
 from megasr.model.engines.base import Engine, TileSpec
 from megasr.model.engines.registry import create_engine, resolve_engine_name
 from megasr.settings import Settings
@@ -91,12 +91,8 @@ class EnginePool:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.device = resolve_device(settings.device)
-        use_cpu_threads(settings.cpu_threads)
-        # None lets each engine take its fast path; a named dtype is forced on every engine.
-        self.dtype = (
-            None if settings.dtype == "auto" else resolve_dtype(settings.dtype, self.device)
-        )
+        # dtype None lets each engine take its fast path; a named one is forced on every engine.
+        self.device, self.dtype = engine_placement(settings)
         self.slots: dict[str, EngineSlot] = {}
         self.states: dict[str, EngineState] = {}
         self.details: dict[str, str] = {}

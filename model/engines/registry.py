@@ -42,12 +42,10 @@ def create_engine(name: str, settings: Settings) -> Engine:
 
 def load_engine(name: str, settings: Settings, warmup: bool = False) -> Engine:
     """Build ``name`` and load it on the configured device and dtype (``auto`` = fast path)."""
-    from megasr.model.device import resolve_device, resolve_dtype, use_cpu_threads
+    from megasr.model.device import engine_placement
 
     engine = create_engine(name, settings)
-    use_cpu_threads(settings.cpu_threads)
-    device = resolve_device(settings.device)
-    dtype = None if settings.dtype == "auto" else resolve_dtype(settings.dtype, device)
+    device, dtype = engine_placement(settings)
     engine.load(device, dtype)
     if warmup:
         engine.warmup()
