@@ -6,6 +6,8 @@ any language can read a job. The gateway and every worker must use :data:`JOB_SE
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis import Redis
 from rq import Queue, Retry
 from rq.job import Job
@@ -57,13 +59,17 @@ def get_queue(settings: Settings, connection: Redis | None = None) -> Queue:
 
 def enqueue_upscale(queue: Queue, payload: JobPayload, settings: Settings) -> Job:
     """Queue ``megasr.worker.tasks.upscale(payload)`` under the payload's job id."""
-    return queue.enqueue_call(
-        TASK_FUNC,
-        args=(dict(payload),),
-        job_id=payload["job_id"],
-        timeout=settings.job_timeout_s,
-        result_ttl=settings.result_ttl_s,
-        failure_ttl=settings.result_ttl_s,
-        retry=Retry(max=settings.max_retries) if settings.max_retries else None,
-        description=f"upscale {payload['job_id']}",
-    )
+    return queue.enqueue_call(TASK_FUNC, **upscale_job_options(payload, settings))
+
+
+def upscale_job_options(payload: JobPayload, settings: Settings) -> dict[str, Any]:
+    """RQ's options of an upscale job (``enqueue_call`` and ``Queue.prepare_data`` alike)."""
+    return {
+        "args": (dict(payload),),
+        "job_id": payload["job_id"],
+        "timeout": settings.job_timeout_s,
+        "result_ttl": settings.result_ttl_s,
+        "failure_ttl": settings.result_ttl_s,
+        "retry": Retry(max=settings.max_retries) if settings.max_retries else None,
+        "description": f"upscale {payload['job_id']}",
+    }

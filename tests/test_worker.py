@@ -27,7 +27,7 @@ import pytest
 from megasr_tiny import one_thread
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from rq import Queue, Retry, SimpleWorker
+from rq import Queue, SimpleWorker
 from rq.command import send_stop_job_command
 from rq.job import Job, JobStatus
 from rq.registry import clean_registries
@@ -39,7 +39,13 @@ from megasr.embedded_redis import EmbeddedRedis
 from megasr.engine_status import EngineState, read_engines
 from megasr.jobs import TASK_FUNC, JobPayload, UpscaleParams, new_job_id
 from megasr.model.megasr.checkpoint import init_tiny_checkpoint
-from megasr.queue import JOB_SERIALIZER, enqueue_upscale, get_queue, redis_connection
+from megasr.queue import (
+    JOB_SERIALIZER,
+    enqueue_upscale,
+    get_queue,
+    redis_connection,
+    upscale_job_options,
+)
 from megasr.settings import Settings, get_settings
 from megasr.storage import LocalStorage, input_key
 from megasr.worker import runtime as worker_runtime
@@ -169,16 +175,7 @@ class Cluster:
         settings = self.settings(queue)
         rq_queue = self.queue(queue)
         datas = [
-            Queue.prepare_data(
-                TASK_FUNC,
-                args=(dict(p),),
-                job_id=p["job_id"],
-                timeout=settings.job_timeout_s,
-                result_ttl=settings.result_ttl_s,
-                failure_ttl=settings.result_ttl_s,
-                retry=Retry(max=settings.max_retries),
-            )
-            for p in payloads
+            Queue.prepare_data(TASK_FUNC, **upscale_job_options(p, settings)) for p in payloads
         ]
         return rq_queue.enqueue_many(datas)
 
