@@ -1,18 +1,18 @@
 """One image in, one image of the requested size out, through any engine.
 
-The engine upscales by its native factor, tile by tile; this module owns the rest: alpha
-is split off and resized on its own (an SR network would invent texture in a mask), the
-tiles are blended back, and a high-quality resize takes the native output to the exact
-requested size (a downscale for scales below the native one, an upscale above it).
+A tile engine upscales by its native factor, tile by tile, and the tiles are blended back
+here; an image engine restores the whole image at the requested size itself. This module
+owns the rest: alpha is split off and resized on its own (an SR network would invent
+texture in a mask), and a high-quality resize takes the engine's output to the exact
+requested size (a no-op where the engine already restored at that size).
 
-:func:`cut_tiles` and :func:`finish_image` are the two ends of that path; the worker calls
-them itself so that tiles of many images can share engine calls in between.
+:func:`cut_tiles` and :func:`finish_image` are the two ends of the tile path; the worker
+calls them itself so that tiles of many images can share engine calls in between.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -20,10 +20,16 @@ import torch
 from megasr.imaging.image import DecodedImage
 from megasr.imaging.resize import resize
 from megasr.imaging.sizing import OutputSize
-from megasr.model.engines.base import Engine, GenerationOptions, TileSpec, run_tiles
+from megasr.model.engines.base import (
+    Engine,
+    GenerationOptions,
+    ImageEngine,
+    ImageTask,
+    ProgressCallback,
+    TileEngine,
+    TileSpec,
+)
 from megasr.model.tiler import TileAccumulator, TileLayout, extract_tiles, fitted_tile, plan_tiles
-
-TileProgress = Callable[[int, int], None]
 
 
 def plan_image_tiles(
@@ -72,39 +78,60 @@ def finish_image(
 
 
 class Upscaler:
-    """Runs one engine over whole images, one image at a time (the CLI, evaluation)."""
+    """Runs one engine over whole images, one image at a time (the CLI, evaluation).
+
+    A tile engine gets the image in tiles, ``batch_size`` per call, blended back here; an
+    image engine gets the whole image and the size to restore it at.
+    """
 
     def __init__(self, engine: Engine, batch_size: int = 4, fit_tiles: bool = True) -> None:
         self.engine = engine
         self.batch_size = batch_size
         self.fit_tiles = fit_tiles
 
-    def count_tiles(self, image: DecodedImage) -> int:
-        """How many engine tiles ``image`` takes (for progress bars)."""
-        return len(
-            plan_image_tiles(image.height, image.width, self.engine.tile_spec, self.fit_tiles)
-        )
+    @property
+    def progress_unit(self) -> str:
+        """What :meth:`upscale` reports progress in: tiles, or denoising steps."""
+        return "steps" if isinstance(self.engine, ImageEngine) else "tiles"
 
     def upscale(
         self,
         image: DecodedImage,
         size: OutputSize,
         max_output_pixels: int | None = None,
-        on_tiles: TileProgress | None = None,
+        on_progress: ProgressCallback | None = None,
         options: GenerationOptions | None = None,
     ) -> DecodedImage:
-        """Upscale ``image`` to ``size``; ``on_tiles(done, total)`` after each engine batch.
+        """Upscale ``image`` to ``size``; ``on_progress(done, total)`` as work gets done.
 
-        ``options`` (a conditional engine's prompt, seed, steps, ...) go with every tile of
-        the image; an engine that is not conditional ignores them.
+        ``options`` (a diffusion engine's prompt, seed, steps, ...) go with the image; a tile
+        engine has none to take.
         """
         width, height = size.resolve(image.width, image.height, max_output_pixels)
-        tiles, layout = cut_tiles(image, self.engine.tile_spec, fit=self.fit_tiles)
-        accumulator = TileAccumulator(layout, self.engine.native_scale)
+        if isinstance(self.engine, ImageEngine):
+            native = self._restore(image, (height, width), options, on_progress)
+        else:
+            native = self._tiled(image, on_progress)
+        return finish_image(native, image, width, height)
+
+    def _restore(
+        self,
+        image: DecodedImage,
+        size: tuple[int, int],
+        options: GenerationOptions | None,
+        on_progress: ProgressCallback | None,
+    ) -> torch.Tensor:
+        pixels = torch.from_numpy(np.ascontiguousarray(image.rgb.transpose(2, 0, 1)))
+        task = ImageTask(pixels, size, options or GenerationOptions(), on_progress)
+        (result,) = self.engine.restore([task])
+        return result
+
+    def _tiled(self, image: DecodedImage, on_progress: ProgressCallback | None) -> torch.Tensor:
+        engine: TileEngine = self.engine
+        tiles, layout = cut_tiles(image, engine.tile_spec, fit=self.fit_tiles)
+        accumulator = TileAccumulator(layout, engine.native_scale)
         for first in range(0, len(tiles), self.batch_size):
-            batch = tiles[first : first + self.batch_size]
-            per_tile = None if options is None else [options] * len(batch)
-            accumulator.add(first, run_tiles(self.engine, batch, per_tile))
-            if on_tiles is not None:
-                on_tiles(min(first + self.batch_size, len(tiles)), len(tiles))
-        return finish_image(accumulator.result(), image, width, height)
+            accumulator.add(first, engine.run(tiles[first : first + self.batch_size]))
+            if on_progress is not None:
+                on_progress(min(first + self.batch_size, len(tiles)), len(tiles))
+        return accumulator.result()

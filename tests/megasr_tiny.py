@@ -8,11 +8,11 @@ from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
-from diffusers import ControlNetModel, UNet2DConditionModel
 
 from megasr.model.megasr.conditions import MegaSRConditions
 from megasr.model.megasr.config import ModulesConfig
 from megasr.model.megasr.denoiser import MegaSRDenoiser
+from megasr.model.megasr.networks import MegaSRControlNetModel, MegaSRUNet2DConditionModel
 from megasr.model.megasr.presets import TINY_MODULES, TINY_UNET
 
 CLIP_WIDTH = 24
@@ -31,12 +31,13 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def plain_networks(seed: int = 0) -> tuple[UNet2DConditionModel, ControlNetModel]:
-    """A tiny U-Net and its ControlNet, with the ControlNet's zero convs randomised so its
-    residuals reach the U-Net (a fresh ControlNet adds exactly zero, which proves nothing)."""
+def plain_networks(seed: int = 0) -> tuple[MegaSRUNet2DConditionModel, MegaSRControlNetModel]:
+    """A tiny U-Net and its ControlNet, nothing installed yet, with the ControlNet's zero
+    convs randomised so its residuals reach the U-Net (a fresh ControlNet adds exactly zero,
+    which proves nothing)."""
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**TINY_UNET)
-    controlnet = ControlNetModel.from_unet(
+    unet = MegaSRUNet2DConditionModel(**TINY_UNET)
+    controlnet = MegaSRControlNetModel.from_unet(
         unet, conditioning_embedding_out_channels=TINY.controlnet_embedding_channels
     )
     for name, param in controlnet.named_parameters():
@@ -52,10 +53,17 @@ def tiny_denoiser(seed: int = 0, config: ModulesConfig = TINY) -> MegaSRDenoiser
 
 def denoiser_and_plain(
     seed: int = 0,
-) -> tuple[MegaSRDenoiser, UNet2DConditionModel, ControlNetModel]:
+) -> tuple[MegaSRDenoiser, MegaSRUNet2DConditionModel, MegaSRControlNetModel]:
+    return denoiser_and_plain_with(TINY, seed)
+
+
+def denoiser_and_plain_with(
+    config: ModulesConfig, seed: int = 0
+) -> tuple[MegaSRDenoiser, MegaSRUNet2DConditionModel, MegaSRControlNetModel]:
+    """A denoiser with ``config``'s modules, and untouched copies of its two networks."""
     unet, controlnet = plain_networks(seed)
     plain = copy.deepcopy(unet), copy.deepcopy(controlnet)
-    return MegaSRDenoiser(unet, controlnet, TINY), *plain
+    return MegaSRDenoiser(unet, controlnet, config), *plain
 
 
 def randomise_new_modules(denoiser: MegaSRDenoiser, std: float = 0.2) -> None:
@@ -85,7 +93,7 @@ def inputs(batch: int, height: int, width: int, seed: int = 0) -> dict:
 
 
 def plain_forward(
-    unet: UNet2DConditionModel, controlnet: ControlNetModel, args: dict
+    unet: MegaSRUNet2DConditionModel, controlnet: MegaSRControlNetModel, args: dict
 ) -> torch.Tensor:
     """U-Net + ControlNet as diffusers' ControlNet pipelines call them, without MegaSR."""
     common = {"encoder_hidden_states": args["text_embeddings"], "return_dict": False}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, UNet2DConditionModel
 from megasr_tiny import inputs, one_thread, randomise_new_modules
 from safetensors.torch import load_file, save_file
 
@@ -20,15 +20,18 @@ from megasr.model.megasr.adapter import is_adapter_key
 from megasr.model.megasr.checkpoint import (
     ADAPTER_FILE,
     CONFIG_FILE,
+    CONTROLNET_DIR,
     BaseSources,
-    checkpoint_info,
     init_checkpoint,
     init_tiny_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from megasr.model.megasr.components import build_tiny_model
+from megasr.model.megasr.checkpoint_info import checkpoint_info
+from megasr.model.megasr.components import RestoreInput, build_tiny_model
 from megasr.model.megasr.config import FORMAT_VERSION, MegaSRConfig
+from megasr.model.megasr.csm import LGWAM
+from megasr.model.megasr.networks import MegaSRControlNetModel
 from megasr.model.megasr.presets import SD_SCHEDULER, TINY_UNET, TINY_VAE, tiny_text_encoder
 
 
@@ -53,8 +56,9 @@ def trained(tmp_path_factory) -> tuple:
 
 def _restore(model, seed: int = 5) -> torch.Tensor:
     lr = torch.linspace(0, 1, 3 * 12 * 16).reshape(3, 12, 16)
-    pipe = model.pipeline()
-    return pipe.restore_one(model.prepare(lr, (48, 64), "", seed), replace(pipe.options, steps=2))
+    options = replace(model.config.inference, steps=2)
+    (request,) = model.prepare([RestoreInput(lr, (48, 64), seed=seed, options=options)])
+    return model.pipeline().restore_one(request)
 
 
 def test_save_and_load_give_identical_weights_and_outputs(trained):
@@ -92,6 +96,55 @@ def test_loading_refuses_an_adapter_with_a_missing_key(trained, tmp_path):
         load_checkpoint(broken)
 
 
+def test_loading_refuses_a_controlnet_with_a_missing_module_weight(trained, tmp_path):
+    _, directory = trained
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for item in directory.iterdir():
+        if item.name != CONTROLNET_DIR:
+            (broken / item.name).symlink_to(item)
+    (broken / CONTROLNET_DIR).mkdir()
+    for item in (directory / CONTROLNET_DIR).iterdir():
+        if item.suffix == ".safetensors":
+            state = load_file(item)
+            del state[next(k for k in state if ".processor.lgwam." in k)]
+            save_file(state, broken / CONTROLNET_DIR / item.name, metadata={"format": "pt"})
+        else:
+            (broken / CONTROLNET_DIR / item.name).symlink_to(item)
+    with pytest.raises(EngineError, match=r"lacks 1 weight\(s\) of the MegaSR ControlNet"):
+        load_checkpoint(broken)
+
+
+def test_the_controlnet_round_trips_with_diffusers_and_plain_loading_fails_loudly(trained):
+    model, directory = trained
+    folder = directory / CONTROLNET_DIR
+    loaded = MegaSRControlNetModel.from_pretrained(folder)
+    original = model.denoiser.controlnet
+    # The MegaSR modules are in the ConfigMixin config and come back installed.
+    assert loaded.config["megasr"] == original.config["megasr"]
+    assert loaded.installation == original.installation
+    assert loaded.state_dict().keys() == original.state_dict().keys()
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in original.state_dict().items())
+    assert json.loads((folder / "config.json").read_text())["_class_name"] == (
+        "MegaSRControlNetModel"
+    )
+    # Plain diffusers would load a ControlNet without its CSMs and MSFMs: it must not load.
+    with pytest.raises(OSError, match="no file named diffusion_pytorch_model"):
+        ControlNetModel.from_pretrained(folder)
+    with pytest.raises(OSError, match="no file named diffusion_pytorch_model"):
+        ControlNetModel.from_pretrained(directory, subfolder=CONTROLNET_DIR)
+    # The frozen U-Net is stored as what it is, a plain SD U-Net.
+    unet = UNet2DConditionModel.from_pretrained(directory / "unet")
+    assert "megasr" not in unet.config and type(unet) is UNet2DConditionModel
+
+
+def test_checkpoint_files_are_readable_by_every_user(trained):
+    _, directory = trained
+    modes = {path: path.stat().st_mode & 0o777 for path in [directory, *directory.rglob("*")]}
+    assert {mode for path, mode in modes.items() if path.is_file()} == {0o644}
+    assert {mode for path, mode in modes.items() if path.is_dir()} == {0o755}
+
+
 def test_info_counts_trainable_and_frozen_parameters(trained):
     model, directory = trained
     info = checkpoint_info(directory)
@@ -110,6 +163,29 @@ def test_info_counts_trainable_and_frozen_parameters(trained):
     assert info.parameters["unet"] == unet_base
     text = info.to_text()
     assert f"format version  {FORMAT_VERSION}" in text and f"{trainable:,}" in text
+
+
+def test_info_lists_the_modules_of_every_block_with_their_gates(trained):
+    model, directory = trained
+    info = checkpoint_info(directory)
+    # Tiny U-Net: one transformer down, one in the middle, two up; its ControlNet: down + mid.
+    assert [b.network for b in info.blocks].count("unet") == 4
+    assert [b.network for b in info.blocks].count("controlnet") == 2
+    adapter = model.denoiser.adapter_state_dict()
+    for network in ("unet", "controlnet"):
+        blocks = [b for b in info.blocks if b.network == network]
+        csm = sum(
+            v.numel() for k, v in adapter.items() if k.startswith(network) and ".processor." in k
+        )
+        msfm = sum(v.numel() for k, v in adapter.items() if k.startswith(network) and ".msfm." in k)
+        assert (sum(b.csm for b in blocks), sum(b.msfm for b in blocks)) == (csm, msfm)
+    lgwams = {n: m for n, m in model.denoiser.named_modules() if isinstance(m, LGWAM)}
+    first = next(b for b in info.blocks if b.network == "unet")
+    name = next(n for n in lgwams if n.startswith(f"unet.{first.block}."))
+    gate = torch.sigmoid(lgwams[name].gate)
+    assert first.lgwam == sum(p.numel() for p in lgwams[name].parameters())
+    assert first.gate == pytest.approx((gate.mean().item(), gate.min().item(), gate.max().item()))
+    assert f"{first.block}" in info.to_text() and f"{first.gate[0]:.4f}" in info.to_text()
 
 
 def test_config_is_versioned_and_strict(trained, tmp_path):
@@ -194,7 +270,11 @@ def test_cli_refuses_incomplete_or_mixed_sources(tmp_path):
 def test_tiny_checkpoints_are_reproducible_from_their_seed(tmp_path):
     init_tiny_checkpoint(tmp_path / "a", seed=4)
     init_tiny_checkpoint(tmp_path / "b", seed=4)
-    for name in ("unet/diffusion_pytorch_model.safetensors", ADAPTER_FILE):
+    for name in (
+        "unet/diffusion_pytorch_model.safetensors",
+        "controlnet/diffusion_pytorch_model.megasr.safetensors",
+        ADAPTER_FILE,
+    ):
         a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert isinstance(Path(tmp_path / "a" / CONFIG_FILE).read_text(), str)

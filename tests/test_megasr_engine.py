@@ -1,5 +1,5 @@
-"""The ``megasr`` engine end to end on a tiny checkpoint, through the shared upscaler, with the
-per-tile generation options a request brings."""
+"""The ``megasr`` engine end to end on a tiny checkpoint: whole images at the requested size,
+through the shared upscaler, with each request's own generation options."""
 
 from __future__ import annotations
 
@@ -14,11 +14,10 @@ from worker_engines import TinyEngine
 from megasr.errors import EngineError, InvalidParameterError
 from megasr.imaging.image import DecodedImage
 from megasr.imaging.sizing import OutputSize
-from megasr.model.engines.base import GenerationOptions, run_tiles
+from megasr.model.engines.base import Cancelled, GenerationOptions, ImageTask
 from megasr.model.engines.megasr_engine import MegaSREngine
 from megasr.model.megasr.checkpoint import init_tiny_checkpoint
-from megasr.model.tiler import TileAccumulator
-from megasr.model.upscaler import Upscaler, cut_tiles
+from megasr.model.upscaler import Upscaler
 from megasr.settings import Settings
 
 
@@ -38,59 +37,66 @@ def _one_thread():
         yield
 
 
-def test_tile_spec_is_one_latent_tile_of_output(engine):
-    spec = engine.tile_spec
-    # 96 latents x 8 px / 4 = 192 LR px; a 32-latent overlap is 64 LR px; tiny U-Net: x2 latents.
-    assert (spec.size, spec.overlap, spec.multiple) == (192, 64, 4)
-    assert MegaSREngine(engine.checkpoint_dir, Settings(tile=100)).tile_spec.size == 100
+def lr_image(height: int = 16, width: int = 16, seed: int = 5) -> torch.Tensor:
+    return torch.rand(3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
-def test_an_image_comes_back_at_the_requested_size(engine, coffee):
+def test_the_tile_setting_is_the_latent_tile_in_output_pixels(engine):
+    assert engine.defaults.latent_tile == 96 and engine.defaults.vae_tile == 96
+    small = MegaSREngine(engine.checkpoint_dir, Settings(tile=100))
+    # 100 px -> 12 latents, rounded down to the tiny U-Net's multiple of 2; the VAE follows.
+    assert (small.defaults.latent_tile, small.defaults.vae_tile) == (12, 12)
+    assert small.defaults.latent_tile_overlap == 6
+    # A 256 x 384 output is 32 x 48 latents: 12-latent tiles with stride 6 -> 5 x 7.
+    assert small.tiles_per_step(256, 384) == 35
+    assert engine.tiles_per_step(256, 384) == 1
+
+
+def test_an_image_is_restored_whole_at_the_requested_size(engine, coffee):
     rgb = coffee[100:140, 200:256].astype(np.float32) / 255  # 40 x 56, a real photo crop
     image = DecodedImage(rgb=rgb, alpha=None, source_format="png")
-    out = Upscaler(engine).upscale(image, OutputSize(width=150))
-    assert (out.width, out.height) == (150, 107)
+    steps: list[tuple[int, int]] = []
+    out = Upscaler(engine).upscale(
+        image, OutputSize(width=150), on_progress=lambda done, total: steps.append((done, total))
+    )
+    assert (out.width, out.height) == (150, 107)  # restored at 150 x 107, not x4 and resized
     assert out.rgb.dtype == np.float32 and out.rgb.min() >= 0.0 and out.rgb.max() <= 1.0
-    native = engine.run(torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None])
-    assert native.shape == (1, 3, 160, 224)
-    assert torch.equal(native, engine.run(torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None]))
+    assert steps == [(i, 4) for i in range(1, 5)]  # the tiny checkpoint samples 4 steps
+    pixels = torch.from_numpy(rgb.transpose(2, 0, 1).copy())
+    (again,) = engine.restore([ImageTask(pixels, (107, 150))])
+    np.testing.assert_array_equal(again.permute(1, 2, 0).numpy(), out.rgb)
 
 
 def test_an_unloaded_engine_or_a_missing_checkpoint_is_an_engine_error(engine, tmp_path):
     with pytest.raises(EngineError, match="not loaded"):
-        MegaSREngine(engine.checkpoint_dir, Settings()).run(torch.zeros(1, 3, 8, 8))
+        MegaSREngine(engine.checkpoint_dir, Settings()).restore([ImageTask(lr_image(), (8, 8))])
     with pytest.raises(EngineError, match="not a MegaSR checkpoint"):
         MegaSREngine(tmp_path, Settings())
 
 
-def lr_tiles(count: int, side: int = 16) -> torch.Tensor:
-    return torch.rand(count, 3, side, side, generator=torch.Generator().manual_seed(5))
-
-
-def test_tiles_with_their_own_prompt_and_seed_share_a_call(engine):
-    tiles = lr_tiles(2)
+def test_images_with_their_own_options_share_a_call_and_equal_each_alone(engine):
     cat = GenerationOptions(prompt="a cat", seed=1, steps=2, color_fix="wavelet")
-    dog = GenerationOptions(
-        prompt="a dog", negative_prompt="fur", seed=9, steps=2, color_fix="wavelet"
-    )
+    dog = GenerationOptions(prompt="a dog", negative_prompt="fur", seed=9, steps=3)
+    tasks = [ImageTask(lr_image(), (64, 64), cat), ImageTask(lr_image(24, 16, 6), (96, 64), dog)]
+    passes: list[int] = []
 
-    together = engine.run(tiles, [cat, dog])
+    together = engine.restore(tasks, on_batch=passes.append)
 
-    assert together.shape == (2, 3, 64, 64)
-    # Each tile comes out as it does alone (up to float rounding of a larger batch).
-    torch.testing.assert_close(together[0], engine.run(tiles[:1], [cat])[0], atol=1e-4, rtol=0)
-    torch.testing.assert_close(together[1], engine.run(tiles[1:], [dog])[0], atol=1e-4, rtol=0)
-    assert torch.equal(engine.run(tiles[:1], [cat]), engine.run(tiles[:1], [cat]))
-    # The seed and the prompt are each the tile's own.
-    reseeded = engine.run(tiles[:1], [replace(cat, seed=2)])
-    assert (reseeded - together[:1]).abs().max() > 0.05
-    reprompted = engine.run(tiles[:1], [replace(cat, prompt="a dog")])
-    assert (reprompted - together[:1]).abs().max() > 0.01
+    assert [t.shape for t in together] == [(3, 64, 64), (3, 96, 64)]
+    # Tiles of different sizes run apart: a pass each per step, the second image one more.
+    assert passes == [1, 1, 1, 1, 1]
+    for task, result in zip(tasks, together, strict=True):
+        (alone,) = engine.restore([task])
+        torch.testing.assert_close(result, alone, atol=1e-4, rtol=0)
+    # The seed and the prompt are each the image's own.
+    (reseeded,) = engine.restore([replace(tasks[0], options=replace(cat, seed=2))])
+    assert (reseeded - together[0]).abs().max() > 0.05
+    (reprompted,) = engine.restore([replace(tasks[0], options=replace(cat, prompt="a dog"))])
+    assert (reprompted - together[0]).abs().max() > 0.01
 
 
 def test_left_out_options_are_the_checkpoint_defaults(engine):
-    tiles = lr_tiles(1)
-    defaults = engine.config.inference
+    defaults = engine.defaults
     spelled_out = GenerationOptions(
         prompt="",
         negative_prompt=defaults.negative_prompt,
@@ -99,20 +105,31 @@ def test_left_out_options_are_the_checkpoint_defaults(engine):
         seed=defaults.seed,
         color_fix=defaults.color_fix,
     )
-    plain = engine.run(tiles)
-    assert torch.equal(engine.run(tiles, [spelled_out]), plain)
+
+    def run(options: GenerationOptions) -> torch.Tensor:
+        return engine.restore([ImageTask(lr_image(), (64, 64), options)])[0]
+
+    plain = run(GenerationOptions())
+    assert torch.equal(run(spelled_out), plain)
     for changed in ({"steps": 2}, {"guidance_scale": 1.0}, {"color_fix": "none"}):
-        assert not torch.equal(engine.run(tiles, [replace(spelled_out, **changed)]), plain)
+        assert not torch.equal(run(replace(spelled_out, **changed)), plain)
 
 
-def test_tiles_of_one_call_must_share_the_sampling_loop(engine):
-    tiles = lr_tiles(2)
-    with pytest.raises(ValueError, match="must share steps, guidance_scale and color_fix"):
-        engine.run(tiles, [GenerationOptions(steps=2), GenerationOptions(steps=3)])
-    with pytest.raises(ValueError, match="1 generation options for 2 tiles"):
-        engine.run(tiles, [GenerationOptions()])
+def test_an_unknown_colour_fix_is_refused(engine):
     with pytest.raises(InvalidParameterError, match="unknown color_fix 'sepia'"):
-        engine.run(tiles[:1], [GenerationOptions(color_fix="sepia")])
+        engine.restore([ImageTask(lr_image(), (64, 64), GenerationOptions(color_fix="sepia"))])
+
+
+def test_a_cancelled_image_comes_back_as_cancelled(engine):
+    steps: list[int] = []
+    task = ImageTask(
+        lr_image(),
+        (64, 64),
+        on_progress=lambda done, total: steps.append(done),
+        should_cancel=lambda: len(steps) >= 2,
+    )
+    (result,) = engine.restore([task])
+    assert isinstance(result, Cancelled) and steps == [1, 2]
 
 
 @pytest.mark.parametrize(
@@ -129,25 +146,7 @@ def test_generation_options_refuse_bad_values(fields, message):
         GenerationOptions(**fields)
 
 
-def test_the_upscaler_gives_every_tile_the_image_options(engine, coffee):
-    small_tiles = MegaSREngine(engine.checkpoint_dir, Settings(tile=32))
-    small_tiles.load(torch.device("cpu"))
-    rgb = coffee[100:140, 200:256].astype(np.float32) / 255
-    image = DecodedImage(rgb=rgb, alpha=None, source_format="png")
-    options = GenerationOptions(prompt="a cup of coffee", seed=3, steps=2)
-
-    out = Upscaler(small_tiles).upscale(image, OutputSize(scale=4), options=options)
-
-    tiles, layout = cut_tiles(image, small_tiles.tile_spec, fit=True)
-    assert len(tiles) > 1
-    accumulator = TileAccumulator(layout, 4)
-    accumulator.add(0, small_tiles.run(tiles, [options] * len(tiles)))
-    expected = accumulator.result().permute(1, 2, 0).numpy()
-    np.testing.assert_allclose(out.rgb, expected, atol=1e-4)
-
-
-def test_engines_that_are_not_conditional_are_never_passed_options(coffee):
-    # TinyEngine.run takes tiles only, like realesrgan-x4plus: options would be a TypeError.
+def test_a_tile_engine_ignores_the_generation_options(coffee):
     engine = TinyEngine(Settings())
     engine.load(torch.device("cpu"))
     image = DecodedImage(
@@ -158,4 +157,3 @@ def test_engines_that_are_not_conditional_are_never_passed_options(coffee):
     assert np.array_equal(
         with_options.rgb, Upscaler(engine).upscale(image, OutputSize(scale=2)).rgb
     )
-    assert torch.equal(run_tiles(engine, lr_tiles(1), [options]), engine.run(lr_tiles(1)))

@@ -6,9 +6,11 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from megasr_tiny import (
     TINY,
     denoiser_and_plain,
+    denoiser_and_plain_with,
     inputs,
     one_thread,
     plain_forward,
@@ -155,3 +157,76 @@ def test_msfm_is_recomputed_under_gradient_checkpointing_with_the_same_gradients
     assert plain.keys() == checkpointed.keys()
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_msfm_modulation_computes_the_model_md_equations(dtype, tolerance):
+    """The step-invariant modulation (scale and shift, computed once) applied to the
+    features equals model.md's MSFM written out step by step:
+    ``F + ZeroConv1x1(F_n (1 + gamma_h) + beta_h + F_n (1 + gamma_r) + beta_r)``, including
+    for features that hold two copies of the tiles (classifier-free guidance)."""
+    torch.manual_seed(0)
+    msfm = MSFM(32, TINY)
+    for param in msfm.parameters():
+        torch.nn.init.normal_(param, std=0.2)
+    msfm = msfm.to(dtype)
+    g = torch.Generator().manual_seed(1)
+    features = torch.randn(2, 32, 8, 12, generator=g).to(dtype)
+    hed, depth = torch.rand(1, 1, 64, 96, generator=g), torch.rand(1, 1, 64, 96, generator=g)
+    seg = torch.rand(1, 3, 64, 96, generator=g)
+
+    modulation = msfm.modulation(hed, depth, seg, features)
+    assert modulation.scale.shape[0] == 1  # one row per tile, shared by both copies
+    fused = msfm.modulate(features, modulation)
+
+    with torch.no_grad():
+        size = features.shape[-2:]
+        h = msfm._smooth_resize(hed.to(dtype), size).expand(2, -1, -1, -1)
+        d = msfm._smooth_resize(depth.to(dtype), size).expand(2, -1, -1, -1)
+        s = F.interpolate(seg.to(dtype), size=size, mode="nearest-exact").expand(2, -1, -1, -1)
+        normalized = msfm.norm(features)
+        region = msfm.region(d, s)
+        edge_gamma, edge_beta = msfm.edge_saft.modulation(h)
+        region_gamma, region_beta = msfm.region_saft.modulation(region)
+        by_hand = normalized * (1 + edge_gamma) + edge_beta
+        by_hand = by_hand + normalized * (1 + region_gamma) + region_beta
+        expected = features + msfm.out(by_hand)
+    torch.testing.assert_close(fused.float(), expected.float(), atol=tolerance, rtol=tolerance)
+    assert (fused - features).abs().max() > 0.1  # the modules are not at their identity
+
+
+@pytest.mark.parametrize(
+    ("changes", "unet", "controlnet"),
+    [
+        ({}, {"csm": 4, "msfm": 4}, {"csm": 2, "msfm": 2}),
+        ({"csm_in_unet": False}, {"csm": 0, "msfm": 4}, {"csm": 2, "msfm": 2}),
+        ({"msfm_in_controlnet": False}, {"csm": 4, "msfm": 4}, {"csm": 2, "msfm": 0}),
+        (
+            {"csm_in_controlnet": False, "msfm_in_unet": False},
+            {"csm": 4, "msfm": 0},
+            {"csm": 0, "msfm": 2},
+        ),
+    ],
+)
+def test_module_placement_choices_install_exactly_what_they_say(changes, unet, controlnet):
+    denoiser, plain_unet, plain_controlnet = denoiser_and_plain_with(replace(TINY, **changes))
+    assert count_modules(denoiser.unet) == unet
+    assert count_modules(denoiser.controlnet) == controlnet
+    randomise_new_modules(denoiser)
+    args = inputs(1, 8, 8)
+    with torch.no_grad():
+        out, plain = denoiser(**args), plain_forward(plain_unet, plain_controlnet, args)
+    assert torch.isfinite(out).all() and (out - plain).abs().mean() > 1e-3
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_msfm_without_the_residual_gives_the_figure_fused_features(residual):
+    msfm = MSFM(32, replace(TINY, msfm_residual=residual))
+    features = torch.randn(1, 32, 4, 4)
+    maps = (torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), torch.rand(1, 3, 8, 8))
+    with torch.no_grad():
+        out = msfm(features, *maps)
+    if residual:
+        torch.testing.assert_close(out, features)  # zero-initialised output convolution
+    else:
+        assert msfm.out is None and (out - features).abs().mean() > 1e-2

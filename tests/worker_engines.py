@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from megasr.model.engines.base import Engine, TileSpec
+from megasr.model.engines.base import TileEngine, TileSpec
 from megasr.model.nets.rrdbnet import RRDBNet
 from megasr.settings import Settings
 
 HOLD_ENV = "MEGASR_TEST_HOLD"
 
 
-class TinyEngine(Engine):
+class TinyEngine(TileEngine):
     name = "tiny"
     native_scale = 4
 

@@ -4,13 +4,21 @@
 fork per job). RQ's loop blocks for the first job; :meth:`BatchingWorker.execute_job` then
 takes more upscale jobs without blocking longer than ``max_wait_ms``, until ``max_batch_tiles``
 tiles are in hand, and marks each started through RQ's own calls, so the started registry,
-``rq info`` and dashboards show the truth. Each job is decoded and cut into its engine's
-fixed-shape tiles; tiles with the same :class:`~megasr.worker.upscale_job.BatchKey` run
-together, at most ``max_batch_tiles`` per engine call, each with its own job's generation
-options when the engine is conditional (prompts and seeds may differ within a call); each
-image is blended back by its own accumulator and finished the moment its last tile is in,
-through RQ's success or failure handling (results, retries, callbacks and RQ's failed registry
-stay RQ's).
+``rq info`` and dashboards show the truth. Jobs are grouped by
+:class:`~megasr.worker.upscale_job.BatchKey` (engine and numerics, and for a tile engine the
+tile shape):
+
+- a tile engine's jobs are cut into fixed-shape tiles that run together, at most
+  ``max_batch_tiles`` per engine call; each image is blended back by its own accumulator and
+  finished the moment its last tile is in;
+- an image engine's jobs (MegaSR) go to the engine as whole images in one call, which
+  batches their latent tiles, at most ``max_batch_tiles`` per forward pass, at every
+  denoising step, each image with its own size, prompt, seed and sampling options; between
+  steps it asks each job whether to go on, so cancels, stops and timeouts take effect within
+  one step.
+
+Every job is finished on its own, through RQ's success or failure handling (results,
+retries, callbacks and RQ's failed registry stay RQ's).
 
 What can go wrong stays with the job it belongs to: a job that cannot be decoded fails before
 any engine call; an engine error in a call shared by several jobs re-runs each job's tiles on
@@ -33,7 +41,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -56,7 +64,7 @@ from megasr.engine_status import publish_engines, withdraw_engines
 from megasr.errors import MegaSRError
 from megasr.jobs import META_STAGE, TASK_FUNC
 from megasr.jobs import JobStatus as PublicStatus
-from megasr.model.engines.base import GenerationOptions
+from megasr.model.engines.base import Cancelled
 from megasr.queue import JOB_SERIALIZER, get_queue
 from megasr.worker.heartbeat import HeartbeatThread
 from megasr.worker.runtime import WorkerRuntime
@@ -100,10 +108,6 @@ class Segment(NamedTuple):
     @property
     def tiles(self) -> torch.Tensor:
         return self.item.work.tiles[self.first : self.first + self.count]
-
-    @property
-    def options(self) -> list[GenerationOptions] | None:
-        return self.item.work.tile_options(self.count)
 
 
 class BatchingWorker(SimpleWorker):
@@ -258,7 +262,10 @@ class BatchingWorker(SimpleWorker):
             ", ".join(f"{key.engine} x{len(group)}" for key, group in groups.items()),
         )
         for group in groups.values():
-            self._run_group(group)
+            if group[0].work.whole_image:
+                self._run_images(group)
+            else:
+                self._run_group(group)
 
     def _run_group(self, group: list[BatchItem]) -> None:
         """All tiles of jobs that share a batch key, ``max_batch_tiles`` per engine call."""
@@ -273,13 +280,45 @@ class BatchingWorker(SimpleWorker):
             started = time.perf_counter()
             slot = segments[0].item.work.slot
             try:
-                outputs, batch_size = self.runtime.runner.run(
-                    slot, tiles, batch_size, _joined_options(segments)
-                )
+                outputs, batch_size = self.runtime.runner.run(slot, tiles, batch_size)
             except Exception as exc:
                 self._isolate(segments, batch_size, exc)
                 continue
             self._deliver(segments, outputs, started)
+
+    def _run_images(self, group: list[BatchItem]) -> None:
+        """Jobs of an image engine: their whole images in one engine call."""
+        self._checkpoint(group)
+        pending = [item for item in group if not item.done]
+        if not pending:
+            return
+        slot = pending[0].work.slot
+        tasks = [item.work.image_task(self._should_stop(item)) for item in pending]
+        started = time.perf_counter()
+        try:
+            results = self.runtime.runner.restore(slot, tasks)
+        except Exception as exc:
+            if len(pending) == 1:
+                self._fail(pending[0], exc)
+                return
+            logger.warning("engine call of %d jobs failed (%s); retrying each", len(pending), exc)
+            for item in pending:
+                self._run_images([item])
+            return
+        for item, result in zip(pending, results, strict=True):
+            if item.done or isinstance(result, Cancelled):
+                continue  # ended between steps by _should_stop
+            item.work.restored(result, started)
+            self._succeed(item)
+
+    def _should_stop(self, item: BatchItem) -> Callable[[], bool]:
+        """Asked by the engine before each step of ``item``'s image: ends the job here (and
+        says so) if it was canceled, stopped, timed out or taken away."""
+
+        def should_stop() -> bool:
+            return item.done or self._interrupt(item, *self._states([item.job])[0])
+
+        return should_stop
 
     def _isolate(self, segments: list[Segment], batch_size: int, error: Exception) -> None:
         """A call shared by several jobs failed: run each job's tiles alone to find whose."""
@@ -291,9 +330,7 @@ class BatchingWorker(SimpleWorker):
             started = time.perf_counter()
             slot = segment.item.work.slot
             try:
-                outputs, _ = self.runtime.runner.run(
-                    slot, segment.tiles, batch_size, segment.options
-                )
+                outputs, _ = self.runtime.runner.run(slot, segment.tiles, batch_size)
             except Exception as exc:
                 self._fail(segment.item, exc)
                 continue
@@ -458,15 +495,6 @@ def _timed_out(job: Job) -> bool:
     if not job.timeout or job.timeout < 0 or job.started_at is None:
         return False
     return (now() - job.started_at).total_seconds() > job.timeout
-
-
-def _joined_options(segments: list[Segment]) -> list[GenerationOptions] | None:
-    """The per-tile options of a call's segments, in tile order; None when the engine (the
-    same for the whole group) takes none."""
-    per_segment = [segment.options for segment in segments]
-    if per_segment[0] is None:
-        return None
-    return [option for options in per_segment for option in options]
 
 
 def _take(items: list[BatchItem], size: int) -> list[Segment]:

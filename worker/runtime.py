@@ -17,9 +17,9 @@ from megasr.jobs import JobPayload
 from megasr.notifications import JobNotifier
 from megasr.settings import Settings, get_settings
 from megasr.storage import Storage, create_storage
+from megasr.worker.engine_runner import EngineRunner
 from megasr.worker.engines import EnginePool
 from megasr.worker.metrics import WorkerMetrics
-from megasr.worker.tile_runner import TileRunner
 from megasr.worker.upscale_job import UpscaleJob
 
 
@@ -31,7 +31,7 @@ class WorkerRuntime:
     storage: Storage
     engines: EnginePool
     metrics: WorkerMetrics
-    runner: TileRunner
+    runner: EngineRunner
     notifier: JobNotifier
 
     @classmethod
@@ -45,7 +45,7 @@ class WorkerRuntime:
             storage=storage,
             engines=engines,
             metrics=metrics,
-            runner=TileRunner(metrics),
+            runner=EngineRunner(metrics),
             notifier=JobNotifier.from_settings(settings, storage),
         )
 

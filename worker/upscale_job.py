@@ -1,12 +1,16 @@
 """One job's image through the stages: decode, preprocess, inference, encode, upload.
 
-The engine work in the middle is not done here: :meth:`UpscaleJob.prepare` cuts the image
-into the engine's fixed-shape tiles and whoever runs the engine (one job alone in
-:mod:`.tasks`, many jobs at once in :mod:`.batching`) hands the upscaled tiles back through
-:meth:`UpscaleJob.add`; :meth:`UpscaleJob.finish` blends them, resizes to the asked size,
-encodes and stores the result. A job's tile shape depends on its image alone (the engine's
-tile, or for a smaller image its size rounded up to :data:`TILE_BUCKET`), so its tiles and
-so its result are the same whether it ran alone or batched.
+The engine work in the middle is not done here; whoever runs the engine (one job alone in
+:mod:`.tasks`, many jobs at once in :mod:`.batching`) hands the result back:
+
+- a tile engine: :meth:`UpscaleJob.prepare` cuts the image into the engine's fixed-shape
+  tiles, the upscaled tiles come back through :meth:`UpscaleJob.add` and are blended. A
+  job's tile shape depends on its image alone (the engine's tile, or for a smaller image its
+  size rounded up to :data:`TILE_BUCKET`), so its result is the same alone or batched;
+- an image engine: :meth:`UpscaleJob.image_task` is the whole image with its output size and
+  generation options, and the restored image comes back through :meth:`UpscaleJob.restored`.
+
+:meth:`UpscaleJob.finish` then resizes to the exact asked size, encodes and stores the result.
 
 Progress, the stage and per-stage timings go into ``job.meta`` as the gateway reads them; the
 worker is the only writer of a started job's meta.
@@ -15,11 +19,12 @@ worker is the only writer of a started job's meta.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
@@ -37,7 +42,7 @@ from megasr.jobs import (
     JobPayload,
     UpscaleParams,
 )
-from megasr.model.engines.base import GenerationOptions
+from megasr.model.engines.base import GenerationOptions, ImageEngine, ImageTask
 from megasr.model.tiler import TileAccumulator
 from megasr.model.upscaler import cut_tiles, finish_image, plan_image_tiles
 from megasr.problems import problem, problem_from_error
@@ -56,33 +61,30 @@ _PROGRESS_AFTER = {"decode": 0.05, "preprocess": 0.1, "inference": 0.9, "encode"
 
 @dataclass(frozen=True)
 class BatchKey:
-    """Tiles with equal keys can share an engine call: same network, numerics and shape, and
-    for a conditional engine the same sampling loop (steps, guidance scale, colour fix).
+    """Jobs with equal keys can share engine calls: same network and numerics, and for a tile
+    engine the same tile shape (None for an image engine, which batches images of any size,
+    prompt, seed and sampling options itself).
 
-    The requested scale is not part of it: every engine runs at its native scale and the
-    resize to the asked size happens per image afterwards. Prompts and seeds are not either:
-    they travel with each tile. The sampling fields are None for an engine that is not
-    conditional, so its tiles batch together whatever diffusion options their jobs carry.
+    The requested scale is not part of it: a tile engine runs at its native scale and the
+    resize to the asked size happens per image afterwards.
     """
 
     engine: str
     dtype: str
-    tile: tuple[int, int]
-    steps: int | None = None
-    guidance_scale: float | None = None
-    color_fix: str | None = None
-
-
-def generation_options(params: UpscaleParams) -> GenerationOptions:
-    """A request's diffusion fields as a conditional engine takes them."""
-    return GenerationOptions.of(params)
+    tile: tuple[int, int] | None
 
 
 def count_tiles(payload: JobPayload, engines: EnginePool) -> int:
-    """How many tiles a queued job will take, from the size the gateway probed (no decode)."""
+    """How many tiles a queued job will take (per denoising step for an image engine), from
+    the size the gateway probed (no decode)."""
     try:
-        spec = engines.get(payload["params"].get("engine", "auto")).tile_spec
+        engine = engines.get(payload["params"].get("engine", "auto")).engine
         width, height = int(payload["input"]["width"]), int(payload["input"]["height"])
+        if isinstance(engine, ImageEngine):
+            params = UpscaleParams.model_validate(payload["params"])
+            size = params.output_size().resolve(width, height, engines.settings.max_output_pixels)
+            return engine.tiles_per_step(size[1], size[0])
+        spec = engine.tile_spec
         return len(plan_image_tiles(height, width, spec, fit=True, bucket=TILE_BUCKET))
     except (MegaSRError, KeyError, TypeError, ValueError, AttributeError):
         return 1  # the job fails on its own later; for the batch it is one tile
@@ -128,33 +130,29 @@ class UpscaleJob:
         self.timings: dict[str, float] = {}
         self.params = UpscaleParams.model_validate(payload["params"])
         self.slot: EngineSlot = engines.get(self.params.engine)
-        self.options = generation_options(self.params) if self.slot.engine.conditional else None
         self.tiles = torch.empty(0)
         self._image: DecodedImage | None = None
         self._size = (0, 0)
         self._accumulator: TileAccumulator | None = None
+        self._restored: torch.Tensor | None = None
         self._tiles_done = 0
         self._inference_started: float | None = None
-        self._tile = self.slot.tile_spec.size
+        self._tile: int | None = None
+
+    @property
+    def whole_image(self) -> bool:
+        """Whether the engine takes the whole image (an image engine) rather than tiles."""
+        return isinstance(self.slot.engine, ImageEngine)
 
     @property
     def batch_key(self) -> BatchKey:
-        key = BatchKey(self.slot.name, self.slot.dtype_name, (self._tile, self._tile))
-        if self.options is None:
-            return key
-        return replace(
-            key,
-            steps=self.options.steps,
-            guidance_scale=self.options.guidance_scale,
-            color_fix=self.options.color_fix,
-        )
-
-    def tile_options(self, count: int) -> list[GenerationOptions] | None:
-        """The engine options of ``count`` of this job's tiles (None: the engine takes none)."""
-        return None if self.options is None else [self.options] * count
+        tile = None if self._tile is None else (self._tile, self._tile)
+        return BatchKey(self.slot.name, self.slot.dtype_name, tile)
 
     @property
     def complete(self) -> bool:
+        if self._restored is not None:
+            return True
         return self._accumulator is not None and self._accumulator.complete
 
     def prepare(self) -> None:
@@ -170,11 +168,36 @@ class UpscaleJob:
             self._size = self.params.output_size().resolve(
                 image.width, image.height, self.settings.max_output_pixels
             )
-            self.tiles, layout = cut_tiles(image, self.slot.tile_spec, fit=True, bucket=TILE_BUCKET)
-            self._tile = layout.tile
-            self._accumulator = TileAccumulator(layout, self.slot.engine.native_scale)
+            if not self.whole_image:
+                spec = self.slot.tile_spec
+                self.tiles, layout = cut_tiles(image, spec, fit=True, bucket=TILE_BUCKET)
+                self._tile = layout.tile
+                self._accumulator = TileAccumulator(layout, self.slot.engine.native_scale)
             self._image = image
         self._save_meta({META_STAGE: "inference"})  # from here it waits for engine calls
+
+    def image_task(self, should_cancel: Callable[[], bool]) -> ImageTask:
+        """The whole image for an image engine, at the asked size, with the request's options;
+        progress follows its denoising steps, ``should_cancel`` is asked before each."""
+        assert self._image is not None, "prepare() first"
+        pixels = torch.from_numpy(np.ascontiguousarray(self._image.rgb.transpose(2, 0, 1)))
+        width, height = self._size
+        return ImageTask(
+            pixels=pixels,
+            size=(height, width),
+            options=GenerationOptions.of(self.params),
+            on_progress=self._steps_done,
+            should_cancel=should_cancel,
+        )
+
+    def restored(self, image: torch.Tensor, started: float) -> None:
+        """An image engine's result (3, H, W); ``started`` is when its call began."""
+        self._restored = image
+        self._record("inference", time.perf_counter() - started)
+        self._save_meta({META_TIMINGS: dict(self.timings)})
+
+    def _steps_done(self, done: int, total: int) -> None:
+        self._progress(done / total)
 
     def add(self, first: int, outputs: torch.Tensor, started: float) -> None:
         """Blend engine outputs of tiles ``first``.. in; ``started`` is when their call began."""
@@ -183,19 +206,24 @@ class UpscaleJob:
             self._inference_started = started
         self._accumulator.add(first, outputs)
         self._tiles_done += len(outputs)
-        low, high = _PROGRESS_AFTER["preprocess"], _PROGRESS_AFTER["inference"]
-        progress = low + (high - low) * self._tiles_done / len(self.tiles)
         if self.complete:
             self._record("inference", time.perf_counter() - self._inference_started)
+        self._progress(self._tiles_done / len(self.tiles))
+
+    def _progress(self, inference_done: float) -> None:
+        """Progress and timings so far, with ``inference_done`` (0..1) of the engine work."""
+        low, high = _PROGRESS_AFTER["preprocess"], _PROGRESS_AFTER["inference"]
+        progress = low + (high - low) * inference_done
         self._save_meta({META_PROGRESS: round(progress, 4), META_TIMINGS: dict(self.timings)})
 
     def finish(self) -> dict[str, Any]:
         """Blend, resize, encode and store the result; returns the ``output`` record."""
-        assert self._image is not None and self._accumulator is not None, "prepare() first"
+        assert self._image is not None and self.complete, "prepare() and the engine first"
         image, (width, height) = self._image, self._size
         fmt = self.params.output_format or default_output_format(image.source_format)
+        native = self._restored if self._restored is not None else self._accumulator.result()
         with self._stage("encode"):
-            result = finish_image(self._accumulator.result(), image, width, height)
+            result = finish_image(native, image, width, height)
             data = encode_image(
                 result.rgb, result.alpha, fmt, self.params.quality, image.bit_depth, image.grayscale
             )

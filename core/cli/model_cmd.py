@@ -39,7 +39,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     base.add_argument("--tagger", choices=("clip", "none"), default="clip")
     init.set_defaults(func=run_init)
 
-    info = actions.add_parser("info", help="print a checkpoint's components and sizes")
+    info = actions.add_parser(
+        "info",
+        help="print a checkpoint's parts, sizes, and its new modules per block with their gates",
+    )
     info.add_argument("checkpoint", type=Path, metavar="DIR")
     info.set_defaults(func=run_info)
 
@@ -47,10 +50,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run_init(args: argparse.Namespace) -> int:
     from megasr.model.megasr.checkpoint import (
         BaseSources,
-        checkpoint_info,
         init_checkpoint,
         init_tiny_checkpoint,
     )
+    from megasr.model.megasr.checkpoint_info import checkpoint_info
 
     given = [name for name in BASE_OPTIONS if getattr(args, name)]
     if args.preset == "tiny":
@@ -79,7 +82,7 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from megasr.model.megasr.checkpoint import checkpoint_info
+    from megasr.model.megasr.checkpoint_info import checkpoint_info
 
     print(checkpoint_info(args.checkpoint).to_text())
     return 0

@@ -141,12 +141,17 @@ def _upscale_one(job: Job, upscaler: Upscaler, request: Request) -> None:
         target = job.output / f"{job.source.stem}{OUTPUT_FORMATS[fmt].extension}"
     if target.resolve() == job.source.resolve():
         raise InvalidParameterError("the output would overwrite the input; choose another -o")
-    with _progress(upscaler.count_tiles(image), "tiles", request.quiet, leave=False) as tiles:
+    with _progress(None, upscaler.progress_unit, request.quiet, leave=False) as bar:
+
+        def on_progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
         result = upscaler.upscale(
             image,
             request.size,
             request.max_output_pixels,
-            on_tiles=lambda done, _: tiles.update(done - tiles.n),
+            on_progress=on_progress,
             options=request.options,
         )
     data = encode_image(
@@ -200,7 +205,7 @@ def _read(path: Path, limits: ImageLimits) -> bytes:
         raise InvalidParameterError(f"cannot read the file: {error.strerror}") from error
 
 
-def _progress(total: int, unit: str, quiet: bool, leave: bool = True):
+def _progress(total: int | None, unit: str, quiet: bool, leave: bool = True):
     from tqdm import tqdm
 
     return tqdm(total=total, unit=f" {unit}", disable=quiet, leave=leave, file=sys.stderr)

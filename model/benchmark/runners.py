@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from megasr.model.device import resolve_dtype
+from megasr.model.engines.base import ImageEngine, ImageTask, TileEngine
 from megasr.model.engines.realesrgan import TILE_PAD, RealESRGANEngine, load_state_dict
 from megasr.model.engines.registry import create_engine
 from megasr.model.nets.rrdbnet import RRDBNet
@@ -71,7 +72,19 @@ def engine_runners(
         precision = _precision(dtype_name, getattr(engine, "dtype", None))
         if dtype_name == "auto" and precision == "float32" and "float32" in dtypes:
             continue
-        yield Runner(engine.name, precision, engine.name, engine.native_scale, device, engine.run)
+        run = engine.run if isinstance(engine, TileEngine) else _as_tiles(engine)
+        yield Runner(engine.name, precision, engine.name, engine.native_scale, device, run)
+
+
+def _as_tiles(engine: ImageEngine) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An image engine timed like a tile engine: each tile one whole image, restored at the
+    engine's native scale, all tiles of a batch in one call."""
+
+    def run(tiles: torch.Tensor) -> torch.Tensor:
+        size = (tiles.shape[-2] * engine.native_scale, tiles.shape[-1] * engine.native_scale)
+        return torch.stack(engine.restore([ImageTask(tile, size) for tile in tiles]))
+
+    return run
 
 
 def torch_reference_runner(settings: Settings, device: torch.device) -> Runner:

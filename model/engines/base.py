@@ -1,30 +1,35 @@
-"""The engine interface: load, warm up, say the tile shape, run a batch of tiles.
+"""The engine interface: two kinds of engine behind one small base.
 
-An engine is only the network and its numerics. Splitting images into tiles, blending them
-back and resizing to the requested size live in :mod:`megasr.model.tiler` and
-:mod:`megasr.model.upscaler`, so every engine gets them for free and the worker can batch
-tiles of different images through the same call.
-
-A *conditional* engine (a diffusion model) also takes per-request options: a prompt, a seed,
-a number of sampling steps. They travel with the tiles, one :class:`GenerationOptions` per
-tile, so tiles of jobs with different prompts or seeds can still share one call.
+- A :class:`TileEngine` (a GAN such as Real-ESRGAN) is a local network: it upscales fixed-size
+  tiles by its native factor, and tiling, blending and resizing to the requested size live
+  outside it (:mod:`megasr.model.tiler`, :mod:`megasr.model.upscaler`). Any tile of any image
+  can share a call with any other, which is how the worker batches across jobs.
+- An :class:`ImageEngine` (a diffusion model such as MegaSR) must see an image as one image:
+  its tags, image embedding, guidance maps, colour fix and start noise belong to the whole
+  picture, and its tiles are blended at every denoising step, in latent space. It takes whole
+  images (:class:`ImageTask`), each with the size it must come out at and the request's
+  :class:`GenerationOptions`, tiles them itself, and batches tiles of many images into each
+  forward pass.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import torch
 
 from megasr.errors import InvalidParameterError
 
+ProgressCallback = Callable[[int, int], None]
+"""``(done, total)`` after each unit of work: tiles for a tile engine, steps for an image one."""
+
 
 @dataclass(frozen=True)
 class TileSpec:
-    """The fixed tile shape an engine wants.
+    """The fixed tile shape a tile engine wants.
 
     ``size`` is the side of a square input tile in pixels, ``overlap`` the pixels shared by
     neighbouring tiles (blended on reassembly), ``multiple`` what image sides are padded to.
@@ -47,7 +52,7 @@ class TileSpec:
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """What one request asks of a conditional engine; None means the engine's own default.
+    """What one request asks of a diffusion engine; None means the engine's own default.
 
     ``color_fix`` names one of the engine's colour corrections; the engine checks the name,
     since only it knows which it has.
@@ -76,20 +81,43 @@ class GenerationOptions:
             raise InvalidParameterError(f"seed must be between 0 and 2^64-1, got {self.seed}")
 
 
-class Engine(ABC):
-    """A super-resolution network, resident on one device.
+class Cancelled(Exception):
+    """An image whose ``should_cancel`` said stop; an image engine returns it in its place."""
 
-    ``conditional`` engines take a :class:`GenerationOptions` per tile in :meth:`run`; the
-    others are never passed any (:func:`run_tiles` sees to it).
+
+@dataclass
+class ImageTask:
+    """One whole image for an :class:`ImageEngine`.
+
+    ``pixels`` (3, h, w) float32 in [0, 1]; ``size`` the (height, width) the result must have.
+    ``on_progress(done, total)`` follows the image's denoising steps; ``should_cancel`` is
+    asked before each of them, and True drops the image (its result is :class:`Cancelled`).
     """
+
+    pixels: torch.Tensor
+    size: tuple[int, int]
+    options: GenerationOptions = field(default_factory=GenerationOptions)
+    on_progress: ProgressCallback | None = None
+    should_cancel: Callable[[], bool] | None = None
+
+
+class Engine(ABC):
+    """A super-resolution network, resident on one device."""
 
     name: ClassVar[str]
     native_scale: ClassVar[int]
-    conditional: ClassVar[bool] = False
 
     @abstractmethod
     def load(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
         """Put the weights on ``device``; ``dtype`` None picks the engine's fast path."""
+
+    @abstractmethod
+    def warmup(self) -> None:
+        """Run once on a small input so the first real request pays no one-off costs."""
+
+
+class TileEngine(Engine):
+    """An engine of fixed-shape tiles, upscaled by :attr:`native_scale`."""
 
     @property
     @abstractmethod
@@ -97,34 +125,40 @@ class Engine(ABC):
         """The tile shape :meth:`run` is built for."""
 
     @abstractmethod
-    def run(
-        self, tiles: torch.Tensor, options: Sequence[GenerationOptions] | None = None
-    ) -> torch.Tensor:
+    def run(self, tiles: torch.Tensor) -> torch.Tensor:
         """Upscale a batch of tiles.
 
         ``tiles`` is (N, 3, h, w) float32 in [0, 1] on any device; the result is
         (N, 3, h * native_scale, w * native_scale) float32 in [0, 1] on the CPU.
-        A conditional engine takes ``options``, one per tile (None: its defaults for every
-        tile); an engine that is not conditional is never passed options, so it may leave the
-        parameter out of its own signature.
         """
 
     def warmup(self) -> None:
-        """Run one tile so the first real request pays no one-off costs."""
         size = self.tile_spec.size
         self.run(torch.zeros(1, 3, size, size))
 
 
-def run_tiles(
-    engine: Engine, tiles: torch.Tensor, options: Sequence[GenerationOptions] | None = None
-) -> torch.Tensor:
-    """``engine.run(tiles)``, with the per-tile ``options`` when the engine is conditional.
+class ImageEngine(Engine):
+    """An engine of whole images that tiles, batches and restores them itself.
 
-    The callers that batch tiles (the upscaler, the worker) go through here, so an engine
-    that takes no options never sees the argument.
+    :attr:`native_scale` is the factor it was trained for; it restores at any requested size.
     """
-    if not engine.conditional:
-        return engine.run(tiles)
-    if options is not None and len(options) != len(tiles):
-        raise ValueError(f"{len(options)} generation options for {len(tiles)} tiles")
-    return engine.run(tiles, options)
+
+    oom_retries: int = 0
+    """Forward passes rerun at a smaller batch after running out of device memory."""
+
+    @abstractmethod
+    def restore(
+        self,
+        tasks: Sequence[ImageTask],
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[torch.Tensor | Cancelled]:
+        """Restore every task's image at its ``size``: (3, H, W) float32 in [0, 1] on the CPU,
+        or :class:`Cancelled`. ``on_batch(n)`` after each forward pass of ``n`` tiles."""
+
+    @abstractmethod
+    def tiles_per_step(self, height: int, width: int) -> int:
+        """Tiles one denoising step of an output of ``height`` x ``width`` takes."""
+
+    def warmup(self) -> None:
+        side = 16
+        self.restore([ImageTask(torch.zeros(3, side, side), (side, side))])

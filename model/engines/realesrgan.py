@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from megasr.errors import EngineError
 from megasr.model.device import fast_dtype
-from megasr.model.engines.base import Engine, TileSpec
+from megasr.model.engines.base import TileEngine, TileSpec
 from megasr.model.nets.rrdbnet import RRDBNet
 from megasr.model.weights.cache import cached_state_dict
 from megasr.model.weights.ncnn import convolutions_to_state_dict, read_convolutions
@@ -72,7 +72,7 @@ def convert_weights() -> dict[str, torch.Tensor]:
     return convolutions_to_state_dict(convolutions, net)
 
 
-class RealESRGANEngine(Engine):
+class RealESRGANEngine(TileEngine):
     """Real-ESRGAN x4plus on the project's RRDBNet."""
 
     name: ClassVar[str] = "realesrgan-x4plus"

@@ -40,16 +40,14 @@ class ClipEncoder(nn.Module):
         """Channels of :meth:`image_tokens`, what a Connector maps from."""
         return self.model.config.vision_config.hidden_size
 
-    def image_tokens(self, images: Tensor) -> Tensor:
-        """(B, 1 + patches, width): the vision tower's last hidden state, class token first."""
+    def encode_images(self, images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """One pass of the vision tower over every image (any sizes): its last hidden state
+        (B, 1 + patches, width), class token first, and the unit-length image embeddings
+        (B, projection_dim) in the space shared with text."""
         pixel_values = self.pixels(images, self.model.dtype)
-        return self.model.vision_model(pixel_values=pixel_values).last_hidden_state
-
-    def image_embeddings(self, images: Tensor) -> Tensor:
-        """Unit-length image embeddings (B, projection_dim)."""
-        pixel_values = self.pixels(images, self.model.dtype)
-        pooled = self.model.vision_model(pixel_values=pixel_values).pooler_output
-        return F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
+        vision = self.model.vision_model(pixel_values=pixel_values)
+        embeddings = self.model.visual_projection(vision.pooler_output).float()
+        return vision.last_hidden_state, F.normalize(embeddings, dim=-1)
 
     def text_embeddings(self, texts: Sequence[str]) -> Tensor:
         """Unit-length text embeddings (N, projection_dim)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoModelForDepthEstimation, PreTrainedModel
@@ -29,11 +31,20 @@ class DepthExtractor(nn.Module):
             PixelSpec.from_pretrained(source, "depth"),
         )
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Depth maps (B, 1, H, W) in [0, 1] of RGB images (B, 3, H, W) in [0, 1]."""
+    def forward(self, images: Sequence[Tensor]) -> list[Tensor]:
+        """One depth map (1, H, W) in [0, 1] per RGB image (3, H, W) in [0, 1], any sizes.
+
+        The model sees every image at its input size in one batch; each prediction is resized
+        to its own image and stretched over that whole image.
+        """
         pixel_values = self.pixels(images, self.model.dtype)
-        depth = self.model(pixel_values=pixel_values).predicted_depth.float().unsqueeze(1)
-        depth = F.interpolate(depth, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        low = depth.amin(dim=(1, 2, 3), keepdim=True)
-        high = depth.amax(dim=(1, 2, 3), keepdim=True)
-        return (depth - low) / (high - low).clamp_min(1e-12)
+        predictions = self.model(pixel_values=pixel_values).predicted_depth.float()
+        return [
+            _stretched(F.interpolate(depth[None, None], size=image.shape[-2:], mode="bilinear"))[0]
+            for depth, image in zip(predictions, images, strict=True)
+        ]
+
+
+def _stretched(depth: Tensor) -> Tensor:
+    low, high = depth.amin(), depth.amax()
+    return (depth - low) / (high - low).clamp_min(1e-12)

@@ -8,6 +8,7 @@ gradients, and inference tensors cannot be saved for backward).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -57,27 +58,62 @@ class Extractors(nn.Module):
 
     @torch.no_grad()
     def guidance(self, images: Tensor) -> GuidanceMaps:
-        """HED, depth and segmentation maps at the images' size, in the HED weights' dtype."""
-        images = self._input(images, self.hed)
-        dtype = images.dtype
+        """HED, depth and segmentation maps of a batch (B, 3, H, W), in the HED's dtype."""
+        each = self.guidance_each(self._input(images))
         return GuidanceMaps(
-            hed=self.hed.edges(images),
-            depth=self.depth(images).to(dtype),
-            seg=self.segmentation(images).to(dtype),
+            hed=torch.stack([maps.hed for maps in each]),
+            depth=torch.stack([maps.depth for maps in each]),
+            seg=torch.stack([maps.seg for maps in each]),
         )
 
     @torch.no_grad()
-    def image_tokens(self, images: Tensor) -> Tensor:
-        """CLIP vision tokens (B, 1 + patches, clip_width): the last hidden state."""
-        return self.clip.image_tokens(self._input(images, self.clip))
+    def guidance_each(self, images: Sequence[Tensor]) -> list[GuidanceMaps]:
+        """The maps of each image (3, H, W) of any size, unbatched: ``hed`` and ``depth``
+        (1, H, W), ``seg`` (3, H, W), in the HED's dtype.
+
+        Depth and segmentation see every image at their fixed input size in one batch and
+        their maps are normalised per whole image; HED is fully convolutional and runs on
+        each image at its own size (images of the same size in one batch).
+        """
+        images = self._input(images)
+        dtype = next(self.hed.parameters()).dtype
+        edges = self._edges(images)
+        depths = self.depth([self._on(image, self.depth) for image in images])
+        segs = self.segmentation([self._on(image, self.segmentation) for image in images])
+        return [
+            GuidanceMaps(hed=hed, depth=depth.to(dtype), seg=seg.to(dtype))
+            for hed, depth, seg in zip(edges, depths, segs, strict=True)
+        ]
 
     @torch.no_grad()
-    def tags(self, images: Tensor) -> list[str]:
-        """One comma-separated tag string per image ("" for every image with no tagger)."""
-        images = self._input(images, self.clip)
-        if self.tagger is None:
-            return [""] * images.shape[0]
-        return self.tagger(self.clip.image_embeddings(images))
+    def semantics(self, images: Sequence[Tensor]) -> tuple[Tensor, list[str]]:
+        """One CLIP vision pass over every image (any sizes): the image tokens
+        (B, 1 + patches, clip_width), its last hidden state, and one comma-separated tag
+        string per image ("" for every image with no tagger)."""
+        images = self._input(images)
+        tokens, embeddings = self.clip.encode_images([self._on(i, self.clip) for i in images])
+        tags = [""] * len(images) if self.tagger is None else self.tagger(embeddings)
+        return tokens, tags
+
+    def image_tokens(self, images: Sequence[Tensor]) -> Tensor:
+        """CLIP vision tokens (B, 1 + patches, clip_width) (see :meth:`semantics`)."""
+        return self.semantics(images)[0]
+
+    def tags(self, images: Sequence[Tensor]) -> list[str]:
+        """One tag string per image (see :meth:`semantics`)."""
+        return self.semantics(images)[1]
+
+    def _edges(self, images: list[Tensor]) -> list[Tensor]:
+        """HED of each image at its own size; images of one size share a pass."""
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
+            by_size.setdefault(tuple(image.shape), []).append(index)
+        edges: list[Tensor | None] = [None] * len(images)
+        for indices in by_size.values():
+            batch = torch.stack([self._on(images[i], self.hed) for i in indices])
+            for index, edge in zip(indices, self.hed.edges(batch), strict=True):
+                edges[index] = edge
+        return edges
 
     def save_pretrained(self, directory: Path) -> ExtractorConfig:
         """Write every component under ``directory``; the returned config loads them back.
@@ -108,16 +144,27 @@ class Extractors(nn.Module):
         )
 
     @staticmethod
-    def _input(images: Tensor, component: nn.Module) -> Tensor:
-        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise InvalidParameterError(f"extractors take RGB batches (B, 3, H, W), got {shape}")
-        if not images.is_floating_point():
+    def _input(images: Tensor | Sequence[Tensor]) -> list[Tensor]:
+        """A batch (B, 3, H, W) or a sequence of (3, H, W) images, as a list of images."""
+        if isinstance(images, Tensor) and (images.ndim != 4 or images.shape[1] != 3):
             raise InvalidParameterError(
-                f"extractors take float images in [0, 1], got {images.dtype}"
+                f"extractors take RGB batches (B, 3, H, W), got {tuple(images.shape)}"
             )
+        images = list(images)
+        for image in images:
+            if not isinstance(image, Tensor) or image.ndim != 3 or image.shape[0] != 3:
+                shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+                raise InvalidParameterError(f"extractors take RGB images (3, H, W), got {shape}")
+            if not image.is_floating_point():
+                raise InvalidParameterError(
+                    f"extractors take float images in [0, 1], got {image.dtype}"
+                )
+        return images
+
+    @staticmethod
+    def _on(image: Tensor, component: nn.Module) -> Tensor:
         weight = next(component.parameters())
-        return images.to(device=weight.device, dtype=weight.dtype)
+        return image.to(device=weight.device, dtype=weight.dtype)
 
 
 def build_extractors(

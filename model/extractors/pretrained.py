@@ -10,6 +10,7 @@ size, never centre-cropped, because every pixel of an image being upscaled matte
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -77,13 +78,22 @@ class PixelSpec:
         }
         (directory / PROCESSOR_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
-    def __call__(self, images: Tensor, dtype: torch.dtype) -> Tensor:
-        """RGB in [0, 1] (B, 3, H, W) -> the model's ``pixel_values`` in ``dtype``."""
-        pixels = F.interpolate(
-            images.float(), size=(self.height, self.width), mode="bicubic", antialias=True
+    def __call__(self, images: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+        """RGB images in [0, 1] (each (3, H, W), any sizes, or a (B, 3, H, W) batch) -> the
+        model's ``pixel_values`` (B, 3, height, width) in ``dtype``: one batch for one pass."""
+        pixels = torch.cat(
+            [
+                F.interpolate(
+                    image[None].float(),
+                    size=(self.height, self.width),
+                    mode="bicubic",
+                    antialias=True,
+                )
+                for image in images
+            ]
         ).clamp(0.0, 1.0)
-        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, device=pixels.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=pixels.device).view(1, 3, 1, 1)
         return ((pixels - mean) / std).to(dtype)
 
 

@@ -13,6 +13,8 @@ needs the same kind of 3-channel map, with two decisions of this project:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -57,17 +59,18 @@ class SegmentationExtractor(nn.Module):
             PixelSpec.from_pretrained(source, "segmentation"),
         )
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Palette maps (B, 3, H, W) in [0, 1] of RGB images (B, 3, H, W) in [0, 1].
+    def forward(self, images: Sequence[Tensor]) -> list[Tensor]:
+        """One palette map (3, H, W) in [0, 1] per RGB image (3, H, W) in [0, 1], any sizes.
 
-        The colours are mixed at the model's output resolution and the 3-channel result is
-        resized: resizing is linear, so this equals mixing resized probabilities, without a
-        (B, classes, H, W) tensor at full size.
+        The model sees every image at its input size in one batch. The colours are mixed at
+        the model's output resolution and the 3-channel result is resized to each image:
+        resizing is linear, so this equals mixing resized probabilities, without a
+        (classes, H, W) tensor at full size.
         """
         logits = self.model(pixel_values=self.pixels(images, self.model.dtype)).logits
         probabilities = logits.float().softmax(dim=1)
         colours = torch.einsum("bkhw,kc->bchw", probabilities, self.palette.float())
-        colours = F.interpolate(
-            colours, size=images.shape[-2:], mode="bilinear", align_corners=False
-        )
-        return colours.clamp(0.0, 1.0)
+        return [
+            F.interpolate(colour[None], size=image.shape[-2:], mode="bilinear")[0].clamp(0, 1)
+            for colour, image in zip(colours, images, strict=True)
+        ]

@@ -1,53 +1,18 @@
-"""Installing MegaSR's new modules into a diffusers U-Net or ControlNet, and their state.
+"""MegaSR's new modules as a state: which keys are theirs, and how many there are.
 
-Installation only adds: processors on the attention layers and an ``msfm`` submodule (with
-its forward hook) on each transformer. Pretrained keys keep their names, and the new ones
-all contain ``.processor.`` or ``.msfm.``, which is how the adapter state is told apart from
-the base weights.
+Installation (:mod:`.networks`) only adds, so the new modules' keys all contain
+``.processor.`` (a CSM) or ``.msfm.`` (an MSFM): that is how the adapter state is told apart
+from the pretrained weights.
 """
 
 from __future__ import annotations
 
-from diffusers import ControlNetModel, UNet2DConditionModel
-from diffusers.models.attention_processor import Attention
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import nn
 
-from megasr.model.megasr.config import ModulesConfig
-from megasr.model.megasr.csm import CSMProcessor, PlainAttnProcessor, check_supported
-from megasr.model.megasr.msfm import MSFM, apply_msfm
+from megasr.model.megasr.csm import CSMProcessor
+from megasr.model.megasr.msfm import MSFM
 
 ADAPTER_MARKERS = (".processor.", ".msfm.")
-
-DiffusionNet = UNet2DConditionModel | ControlNetModel
-
-
-def install_modules(
-    net: DiffusionNet, config: ModulesConfig, *, csm: bool, msfm: bool, shared_connector: bool
-) -> None:
-    """Give every attention layer a MegaSR processor and every transformer an MSFM.
-
-    Every attention layer gets a processor that accepts the ``megasr`` key, even where the
-    module is switched off, so diffusers never drops the conditions with a warning.
-    """
-    if any(isinstance(m, Transformer2DModel) and hasattr(m, "msfm") for m in net.modules()):
-        raise ValueError("MegaSR modules are already installed in this network")
-    connector_width = None if shared_connector else config.clip_width
-    for attn in [m for m in net.modules() if isinstance(m, Attention)]:
-        if csm and attn.is_cross_attention:
-            check_supported(attn)
-            attn.set_processor(
-                CSMProcessor(
-                    attn.out_dim, attn.cross_attention_dim, connector_width, config.lgwam_bias
-                )
-            )
-        else:
-            attn.set_processor(PlainAttnProcessor())
-    if not msfm:
-        return
-    for transformer in [m for m in net.modules() if isinstance(m, Transformer2DModel)]:
-        transformer.msfm = MSFM(transformer.out_channels, config)
-        transformer.register_forward_hook(apply_msfm, with_kwargs=True)
 
 
 def is_adapter_key(key: str) -> bool:

@@ -4,8 +4,10 @@
 
     megasr.json               MegaSRConfig: format_version, architecture, inference defaults,
                               extractor settings, where the base components came from
-    adapter.safetensors       CSM + MSFM of both networks (+ a shared Connector); trainable
-    controlnet/               the ControlNet's own weights (diffusers folder); trainable
+    adapter.safetensors       the U-Net's CSMs and MSFMs (+ a shared Connector); trainable
+    controlnet/               the MegaSR ControlNet, its CSMs and MSFMs included: a diffusers
+                              folder of MegaSRControlNetModel (weights variant "megasr");
+                              trainable
     unet/ vae/ text_encoder/ tokenizer/ scheduler/
                               SD-2-base, copied in diffusers/transformers format; frozen
     extractors/               HED, depth, segmentation, CLIP vision and the tag vocabulary;
@@ -13,28 +15,29 @@
 
 Base components are copied, not referenced: a checkpoint then loads offline on any machine
 it is moved to, and training only ever rewrites ``controlnet/`` and ``adapter.safetensors``.
+Every file is written readable by all (0644, folders 0755), whatever the umask and the
+libraries' own temporary-file modes, so a checkpoint mounted into a pod reads under any UID.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
-from safetensors import safe_open
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from megasr.errors import EngineError
 from megasr.model.extractors import ExtractorConfig, build_extractors
-from megasr.model.megasr.adapter import DiffusionNet, is_adapter_key
+from megasr.model.megasr.adapter import is_adapter_key
 from megasr.model.megasr.components import MegaSRModel, build_tiny_model
 from megasr.model.megasr.config import MegaSRConfig, ModulesConfig
 from megasr.model.megasr.denoiser import MegaSRDenoiser
+from megasr.model.megasr.networks import MegaSRControlNetModel, MegaSRUNet2DConditionModel
 
 CONFIG_FILE = "megasr.json"
 ADAPTER_FILE = "adapter.safetensors"
@@ -43,9 +46,14 @@ EXTRACTORS_DIR = "extractors"
 SCHEDULER_DIR = "scheduler"
 SCHEDULER_FILE = "scheduler_config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
-BASE_DIRS = ("unet", "vae", "text_encoder", "tokenizer", SCHEDULER_DIR)
+UNET_DIR = "unet"
+BASE_DIRS = (UNET_DIR, "vae", "text_encoder", "tokenizer", SCHEDULER_DIR)
 TRAINABLE_PARTS = (CONTROLNET_DIR, ADAPTER_FILE)
-FROZEN_PARTS = ("unet", "vae", "text_encoder", EXTRACTORS_DIR)
+FROZEN_PARTS = (UNET_DIR, "vae", "text_encoder", EXTRACTORS_DIR)
+ADAPTER_OWNERS = ("unet.", "connector.")
+"""The parts of the denoiser's adapter state kept in ``adapter.safetensors``; the ControlNet's
+modules travel with the ControlNet."""
+FILE_MODE, DIR_MODE = 0o644, 0o755
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ def init_checkpoint(
     )
     modules = replace(modules or ModulesConfig(), clip_width=extractors.clip_width)
     try:
-        unet = UNet2DConditionModel.from_pretrained(sources.sd, subfolder="unet")
+        unet = MegaSRUNet2DConditionModel.from_pretrained(sources.sd, subfolder=UNET_DIR)
         model = MegaSRModel(
             config=MegaSRConfig(modules=modules, sources=_provenance(sources)),
             denoiser=MegaSRDenoiser.from_unet(unet, modules),
@@ -104,7 +112,7 @@ def init_tiny_checkpoint(out_dir: Path, seed: int = 0) -> MegaSRConfig:
 def save_checkpoint(model: MegaSRModel, out_dir: Path) -> MegaSRConfig:
     """Write every part of ``model``; returns the config as written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _save_base_weights(model.denoiser.unet, out_dir / "unet")
+    _save_unet(model.denoiser.unet, out_dir / UNET_DIR)
     model.vae.save_pretrained(out_dir / "vae")
     model.text_encoder.save_pretrained(out_dir / "text_encoder")
     model.tokenizer.save_pretrained(out_dir / "tokenizer")
@@ -116,26 +124,48 @@ def save_checkpoint(model: MegaSRModel, out_dir: Path) -> MegaSRConfig:
     config = replace(model.config, extractors=extractors)
     save_trained_weights(model.denoiser, out_dir)
     (out_dir / CONFIG_FILE).write_text(config.to_json())
+    publish(out_dir)
     return config
 
 
 def save_trained_weights(denoiser: MegaSRDenoiser, out_dir: Path) -> None:
-    """Write what training changes: the ControlNet and the adapter state."""
-    _save_base_weights(denoiser.controlnet, out_dir / CONTROLNET_DIR)
-    adapter = {k: v.contiguous().cpu() for k, v in denoiser.adapter_state_dict().items()}
+    """Write what training changes: the MegaSR ControlNet and the U-Net's adapter state."""
+    denoiser.controlnet.save_pretrained(out_dir / CONTROLNET_DIR)
+    adapter = {
+        key: value.contiguous().cpu()
+        for key, value in denoiser.adapter_state_dict().items()
+        if key.startswith(ADAPTER_OWNERS)
+    }
     save_file(adapter, out_dir / ADAPTER_FILE, metadata={"format": "megasr-adapter"})
+    publish(out_dir / CONTROLNET_DIR)
+    publish(out_dir / ADAPTER_FILE)
 
 
-def _save_base_weights(net: DiffusionNet, directory: Path) -> None:
-    """A diffusers folder of ``net`` without the new modules, so ``from_pretrained`` reads it."""
+def publish(path: Path) -> None:
+    """Make ``path`` (a file, or a folder and everything in it) readable by every user.
+
+    safetensors and the Hugging Face savers write through private temporary files (0600);
+    a checkpoint is read by other users and pods, so files end up 0644 and folders 0755.
+    """
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in paths:
+        item.chmod(DIR_MODE if item.is_dir() else FILE_MODE)
+
+
+def _save_unet(unet: MegaSRUNet2DConditionModel, directory: Path) -> None:
+    """The frozen U-Net as a plain diffusers U-Net folder (its MegaSR modules live in the
+    adapter file), so that ``UNet2DConditionModel.from_pretrained`` reads it as what it is."""
     directory.mkdir(parents=True, exist_ok=True)
-    net.save_config(directory)
+    config = json.loads(unet.to_json_string())
+    config.pop("megasr", None)
+    config["_class_name"] = UNet2DConditionModel.__name__
+    (directory / UNet2DConditionModel.config_name).write_text(json.dumps(config, indent=2) + "\n")
     base = {
         key: value.detach().contiguous().cpu()
-        for key, value in net.state_dict().items()
+        for key, value in unet.state_dict().items()
         if not is_adapter_key(key)
     }
-    save_file(base, directory / WEIGHTS_FILE)
+    save_file(base, directory / WEIGHTS_FILE, metadata={"format": "pt"})
 
 
 def read_config(checkpoint_dir: Path) -> MegaSRConfig:
@@ -147,8 +177,8 @@ def read_config(checkpoint_dir: Path) -> MegaSRConfig:
 
 def latent_multiple(checkpoint_dir: Path) -> int:
     """What latent sides must be multiples of, from the U-Net's config (no weights loaded)."""
-    _require(checkpoint_dir, ("unet",))
-    unet_config = UNet2DConditionModel.load_config(checkpoint_dir / "unet")
+    require_parts(checkpoint_dir, (UNET_DIR,))
+    unet_config = UNet2DConditionModel.load_config(checkpoint_dir / UNET_DIR)
     return 2 ** (len(unet_config["block_out_channels"]) - 1)
 
 
@@ -161,11 +191,11 @@ def load_checkpoint(
     in ``adapter.safetensors`` (a missing one would silently sample with an untrained module).
     """
     config = read_config(checkpoint_dir)
-    _require(checkpoint_dir, (*BASE_DIRS, CONTROLNET_DIR, ADAPTER_FILE, EXTRACTORS_DIR))
+    require_parts(checkpoint_dir, (*BASE_DIRS, CONTROLNET_DIR, ADAPTER_FILE, EXTRACTORS_DIR))
     local = {"local_files_only": True, "torch_dtype": dtype}
     try:
-        unet = UNet2DConditionModel.from_pretrained(checkpoint_dir / "unet", **local)
-        controlnet = ControlNetModel.from_pretrained(checkpoint_dir / CONTROLNET_DIR, **local)
+        unet = MegaSRUNet2DConditionModel.from_pretrained(checkpoint_dir / UNET_DIR, **local)
+        controlnet = _load_controlnet(checkpoint_dir / CONTROLNET_DIR, local)
         vae = AutoencoderKL.from_pretrained(checkpoint_dir / "vae", **local)
         text_encoder = CLIPTextModel.from_pretrained(checkpoint_dir / "text_encoder", **local)
         tokenizer = CLIPTokenizer.from_pretrained(checkpoint_dir / "tokenizer", **local)
@@ -173,7 +203,7 @@ def load_checkpoint(
         raise EngineError(f"cannot load the MegaSR checkpoint {checkpoint_dir}: {error}") from error
     denoiser = MegaSRDenoiser(unet, controlnet, config.modules).to(dtype=dtype)
     try:
-        denoiser.load_adapter_state_dict(load_file(checkpoint_dir / ADAPTER_FILE))
+        denoiser.load_adapter_state_dict(load_file(checkpoint_dir / ADAPTER_FILE), ADAPTER_OWNERS)
     except KeyError as error:
         raise EngineError(f"{checkpoint_dir / ADAPTER_FILE}: {error.args[0]}") from error
     extractors = build_extractors(
@@ -186,64 +216,22 @@ def load_checkpoint(
     return model.to(device).freeze()
 
 
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """What ``megasr model info`` prints; counted from file headers, nothing is loaded.
-
-    Counts are elements of the stored tensors: parameters, plus the few persistent buffers
-    (normalisation statistics) some extractors keep.
-    """
-
-    path: Path
-    format_version: int
-    preset: str
-    parameters: dict[str, int]
-    trainable: int
-    frozen: int
-    sources: dict[str, str]
-
-    def to_text(self) -> str:
-        lines = [
-            f"MegaSR checkpoint {self.path}",
-            f"format version  {self.format_version}",
-            f"preset          {self.preset}",
-            "parameters:",
-        ]
-        for name, count in self.parameters.items():
-            role = "trainable" if name in TRAINABLE_PARTS else "frozen"
-            lines.append(f"  {name:<22}{count:>15,}  {role}")
-        lines.append(f"  {'all trainable':<22}{self.trainable:>15,}")
-        lines.append(f"  {'all frozen':<22}{self.frozen:>15,}")
-        lines += [f"source {name}: {source}" for name, source in sorted(self.sources.items())]
-        return "\n".join(lines)
-
-
-def checkpoint_info(checkpoint_dir: Path) -> CheckpointInfo:
-    config = read_config(checkpoint_dir)
-    parts = (*TRAINABLE_PARTS, *FROZEN_PARTS)
-    _require(checkpoint_dir, parts)
-    counts = {part: _count_parameters(checkpoint_dir / part) for part in parts}
-    return CheckpointInfo(
-        path=checkpoint_dir,
-        format_version=config.format_version,
-        preset=config.preset,
-        parameters=counts,
-        trainable=sum(counts[p] for p in TRAINABLE_PARTS),
-        frozen=sum(counts[p] for p in FROZEN_PARTS),
-        sources=config.sources,
+def _load_controlnet(directory: Path, local: dict) -> MegaSRControlNetModel:
+    """The MegaSR ControlNet with every weight from the folder; a missing one is an error
+    (diffusers would only warn and leave it uninitialised)."""
+    controlnet, info = MegaSRControlNetModel.from_pretrained(
+        directory, output_loading_info=True, **local
     )
+    missing = sorted(info["missing_keys"])
+    if missing:
+        raise EngineError(
+            f"{directory} lacks {len(missing)} weight(s) of the MegaSR ControlNet "
+            f"(first: {missing[0]})"
+        )
+    return controlnet
 
 
-def _count_parameters(path: Path) -> int:
-    files = [path] if path.is_file() else sorted(path.rglob("*.safetensors"))
-    total = 0
-    for file in files:
-        with safe_open(file, framework="pt") as weights:
-            total += sum(math.prod(weights.get_slice(key).get_shape()) for key in weights.keys())  # noqa: SIM118
-    return total
-
-
-def _require(checkpoint_dir: Path, parts: tuple[str, ...]) -> None:
+def require_parts(checkpoint_dir: Path, parts: tuple[str, ...]) -> None:
     missing = [part for part in parts if not (checkpoint_dir / part).exists()]
     if missing:
         raise EngineError(f"MegaSR checkpoint {checkpoint_dir} lacks {', '.join(missing)}")

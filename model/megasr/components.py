@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from megasr.model.extractors import Extractors, tiny_clip_tokenizer, tiny_extractors
-from megasr.model.megasr.config import MegaSRConfig
+from megasr.model.megasr.config import InferenceConfig, MegaSRConfig
 from megasr.model.megasr.denoiser import MegaSRDenoiser
+from megasr.model.megasr.networks import MegaSRUNet2DConditionModel
 from megasr.model.megasr.pipeline import ImageRequest, MegaSRPipeline
 from megasr.model.megasr.presets import (
     SD_SCHEDULER,
@@ -50,46 +52,72 @@ class MegaSRModel:
         return self
 
     @torch.no_grad()
-    def prepare(
-        self,
-        lr: torch.Tensor,
-        size: tuple[int, int],
-        prompt: str = "",
-        seed: int | None = None,
-        negative_prompt: str | None = None,
-    ) -> ImageRequest:
-        """One LR image (3, h, w) in [0, 1] -> the request to restore it at ``size`` (H, W).
+    def prepare(self, inputs: Sequence[RestoreInput]) -> list[ImageRequest]:
+        """The requests that restore ``inputs``, with every condition of each whole image.
 
-        Upscales bicubically, runs the extractors (maps on the upscaled image, CLIP tokens
-        and tags on the LR image) and encodes the tagged prompt and the negative prompt.
+        Each LR image is upscaled bicubically to its output size; the guidance maps come from
+        the upscaled image, the CLIP tokens and tags from the LR image, all images of the call
+        through each extractor together (one CLIP pass gives both tokens and tags); every
+        prompt and negative prompt goes through the text encoder in one batch. The results
+        stay on the model's device.
         """
-        options = self.config.inference
         device = next(self.text_encoder.parameters()).device
-        lr = lr.float().clamp(0.0, 1.0)[None].to(device)
-        lr_up = F.interpolate(lr, size=size, mode="bicubic", align_corners=False).clamp(0.0, 1.0)
-        maps = self.extractors.guidance(lr_up)
-        full_prompt = compose_prompt(self.extractors.tags(lr)[0], prompt, options.added_prompt)
-        negative = options.negative_prompt if negative_prompt is None else negative_prompt
-        text = PromptEncoder(self.tokenizer, self.text_encoder)([full_prompt, negative])
-        return ImageRequest(
-            lr_up=lr_up[0],
-            text=text[0],
-            negative_text=text[1],
-            generator=torch.Generator().manual_seed(options.seed if seed is None else seed),
-            image_tokens=self.extractors.image_tokens(lr)[0],
-            hed=maps.hed[0],
-            depth=maps.depth[0],
-            seg=maps.seg[0],
-        )
+        defaults = self.config.inference
+        options = [given.options or defaults for given in inputs]
+        lrs = [given.lr.float().clamp(0.0, 1.0).to(device) for given in inputs]
+        lr_ups = [_bicubic(lr, given.size) for lr, given in zip(lrs, inputs, strict=True)]
+        maps = self.extractors.guidance_each(lr_ups)
+        tokens, tags = self.extractors.semantics(lrs)
+        prompts = [
+            compose_prompt(tag, given.prompt, option.added_prompt)
+            for tag, given, option in zip(tags, inputs, options, strict=True)
+        ]
+        negatives = [
+            option.negative_prompt if given.negative_prompt is None else given.negative_prompt
+            for given, option in zip(inputs, options, strict=True)
+        ]
+        text = PromptEncoder(self.tokenizer, self.text_encoder)([*prompts, *negatives])
+        count = len(inputs)
+        return [
+            ImageRequest(
+                lr_up=lr_ups[i],
+                text=text[i],
+                negative_text=text[count + i],
+                seed=defaults.seed if given.seed is None else given.seed,
+                image_tokens=tokens[i],
+                hed=maps[i].hed,
+                depth=maps[i].depth,
+                seg=maps[i].seg,
+                options=given.options,
+            )
+            for i, given in enumerate(inputs)
+        ]
 
     def pipeline(self) -> MegaSRPipeline:
-        return MegaSRPipeline(
-            self.denoiser,
-            self.vae,
-            PromptEncoder(self.tokenizer, self.text_encoder),
-            self.scheduler_config,
-            self.config.inference,
-        )
+        return MegaSRPipeline(self.denoiser, self.vae, self.scheduler_config, self.config.inference)
+
+
+def _bicubic(lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``x_lr_up``: the LR image (3, h, w) upscaled bicubically to ``size``, in [0, 1]."""
+    up = F.interpolate(lr[None], size=size, mode="bicubic", align_corners=False)
+    return up[0].clamp(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class RestoreInput:
+    """One image as a caller asks for it.
+
+    ``lr`` (3, h, w) in [0, 1]; ``size`` the output (height, width); the user's prompt and
+    negative prompt (None: the checkpoint's) and seed (None: the checkpoint's); ``options``
+    this image's sampling settings (None: the pipeline's defaults, the checkpoint's).
+    """
+
+    lr: torch.Tensor
+    size: tuple[int, int]
+    prompt: str = ""
+    negative_prompt: str | None = None
+    seed: int | None = None
+    options: InferenceConfig | None = None
 
 
 def build_tiny_model(seed: int = 0) -> MegaSRModel:
@@ -110,7 +138,7 @@ def build_tiny_model(seed: int = 0) -> MegaSRModel:
     )
     return MegaSRModel(
         config=config,
-        denoiser=MegaSRDenoiser.from_unet(UNet2DConditionModel(**TINY_UNET), modules),
+        denoiser=MegaSRDenoiser.from_unet(MegaSRUNet2DConditionModel(**TINY_UNET), modules),
         vae=AutoencoderKL(**TINY_VAE),
         text_encoder=tiny_text_encoder(tokenizer),
         tokenizer=tokenizer,

@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 from megasr.errors import EngineError
 from megasr.model.extractors.config import ExtractorConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 Sampler = Literal["ddpm", "ddim", "dpm-solver++"]
 ColorFix = Literal["adain", "wavelet", "none"]
@@ -83,12 +83,22 @@ class InferenceConfig:
     conditioning_scale: float = 1.0
     seed: int = 0
     latent_tile: int = 96
+    """Side of the denoiser's latent tiles (x8 pixels); a larger image is tiled in latent space."""
     latent_tile_overlap: int = 32
     tile_sigma: float = 0.25
     """Standard deviation of the Gaussian tile weights, as a fraction of the tile side."""
-    vae_tile: int = 64
-    """VAE encode/decode tile side in latents (x8 pixels); larger images are tiled."""
-    vae_tile_overlap: int = 16
+    vae_tile: int = 96
+    """VAE encode/decode tile side in latents (x8 pixels): one denoiser tile, not split."""
+    vae_tile_overlap: int = 32
+    vae_shared_norm: bool = True
+    """Normalise every VAE tile with the GroupNorm statistics of the whole image, so tiles do
+    not drift apart in colour and contrast."""
+    vae_norm_view: int = 128
+    """Longest side, in latents, of the whole-image view those statistics are measured on: an
+    image up to it (1024 px) gets its exact statistics, a larger one those of a shrunk view."""
+    step_cache_mb: int = 16384
+    """Memory for work that is the same at every step (MSFM modulation, CSM keys and values),
+    computed once per batch of tiles; batches past the budget recompute it. 0 turns it off."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -101,6 +111,10 @@ class InferenceConfig:
                 raise EngineError(f"tile {tile} with overlap {overlap} is not a valid tiling")
         if self.tile_sigma <= 0:
             raise EngineError(f"tile_sigma must be positive, got {self.tile_sigma}")
+        if self.vae_norm_view < 1:
+            raise EngineError(f"vae_norm_view must be at least 1, got {self.vae_norm_view}")
+        if self.step_cache_mb < 0:
+            raise EngineError(f"step_cache_mb must not be negative, got {self.step_cache_mb}")
 
 
 @dataclass(frozen=True)
@@ -131,9 +145,14 @@ class MegaSRConfig:
         if version != FORMAT_VERSION:
             raise EngineError(
                 f"MegaSR checkpoint format {version!r} is not supported (this build reads "
-                f"{FORMAT_VERSION})"
+                f"{FORMAT_VERSION}); build the checkpoint again with megasr model init"
             )
         return _from_dict(cls, data, "config")
+
+
+def modules_config_from_dict(data: Any) -> ModulesConfig:
+    """A :class:`ModulesConfig` from JSON data, with the same checks as a checkpoint config."""
+    return _from_dict(ModulesConfig, data, "modules")
 
 
 def _from_dict(cls: type, data: Any, where: str) -> Any:

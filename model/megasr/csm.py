@@ -7,19 +7,30 @@ on the Connector-mapped image tokens ``e_i``; the second result goes through LGW
 "frozen copy" the figure draws. LGWAM's zero-initialised ``W`` makes ``A_i`` zero at
 initialisation, so a fresh CSM computes what the pretrained block computed.
 
+Keys and values depend on the tokens only, never on the denoising step, so with a
+:class:`~megasr.model.megasr.conditions.StepCache` they are computed once per batch of tiles.
+The image tokens have one row per tile; their keys and values are repeated over the copies of
+the batch (classifier-free guidance), where the text already has a row per copy.
+
 diffusers keeps only the ``cross_attention_kwargs`` that the processor's ``__call__`` names,
-so both processors here name the ``megasr`` key: the CSM reads it and the plain processor
-(every self-attention, and cross-attention where the CSM is switched off) accepts it.
+so every processor here names the ``megasr`` key: the CSM reads it, the plain processors
+(every self-attention, and cross-attention where the CSM is switched off) accept it.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.attention_processor import (
+    Attention,
+    AttnProcessor2_0,
+    FusedAttnProcessor2_0,
+)
 from torch import nn
 
-from megasr.model.megasr.conditions import MegaSRConditions
+from megasr.model.megasr.conditions import MegaSRConditions, StepCache, copies_of
+
+KeyValue = tuple[torch.Tensor, torch.Tensor]
 
 
 class LGWAM(nn.Module):
@@ -80,18 +91,44 @@ class CSMProcessor(nn.Module):
     ) -> torch.Tensor:
         if encoder_hidden_states is None:
             raise ValueError("the CSM is a cross-attention: it needs encoder_hidden_states")
+        cache = megasr.cache if megasr is not None else None
         query = _split_heads(attn.to_q(hidden_states), attn.heads)
-        text = _attend(attn, query, encoder_hidden_states, attention_mask)
+        text_kv = _cached(cache, (self, "text"), lambda: key_value(attn, encoder_hidden_states))
+        text = _attend(attn, query, text_kv, attention_mask)
         if megasr is None or megasr.image_tokens is None:
             return text
-        tokens = megasr.image_tokens.to(hidden_states.dtype)
+        image_kv = _cached(
+            cache, (self, "image"), lambda: self._image_key_value(attn, megasr, query.shape[0])
+        )
+        return text + self.lgwam(_attend(attn, query, image_kv, None))
+
+    def _image_key_value(self, attn: Attention, megasr: MegaSRConditions, rows: int) -> KeyValue:
+        """Keys and values of the image tokens, one row per tile, repeated to ``rows``."""
+        tokens = megasr.image_tokens.to(attn.to_k.weight.dtype)
         if self.connector is not None:
             tokens = self.connector(tokens)
-        return text + self.lgwam(_attend(attn, query, tokens, None))
+        copies = copies_of(rows, tokens.shape[0])
+        key, value = key_value(attn, tokens)
+        return key.repeat(copies, 1, 1, 1), value.repeat(copies, 1, 1, 1)
 
 
 class PlainAttnProcessor(AttnProcessor2_0):
     """diffusers' scaled-dot-product attention, accepting (and ignoring) the ``megasr`` key."""
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        megasr: MegaSRConditions | None = None,
+    ) -> torch.Tensor:
+        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+
+class PlainFusedAttnProcessor(FusedAttnProcessor2_0):
+    """diffusers' fused-projection attention, accepting (and ignoring) the ``megasr`` key."""
 
     def __call__(
         self,
@@ -122,6 +159,20 @@ def check_supported(attn: Attention) -> None:
         raise ValueError(f"the CSM does not support attention with {', '.join(used)}")
 
 
+def key_value(attn: Attention, context: torch.Tensor) -> KeyValue:
+    """The block's frozen keys and values of ``context``, split into heads."""
+    if attn.norm_cross:
+        context = attn.norm_encoder_hidden_states(context)
+    return (
+        _split_heads(attn.to_k(context), attn.heads),
+        _split_heads(attn.to_v(context), attn.heads),
+    )
+
+
+def _cached(cache: StepCache | None, owner: object, compute) -> KeyValue:
+    return compute() if cache is None else cache.get(owner, compute)
+
+
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     batch, length, width = x.shape
     return x.view(batch, length, heads, width // heads).transpose(1, 2)
@@ -130,17 +181,15 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 def _attend(
     attn: Attention,
     query: torch.Tensor,
-    context: torch.Tensor,
+    keys_values: KeyValue,
     attention_mask: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Attention of the (already projected) ``query`` over ``context``, then the output layer."""
+    """Attention of the (already projected) ``query`` over keys and values, then the output
+    layer of the block."""
+    key, value = keys_values
     batch = query.shape[0]
-    if attn.norm_cross:
-        context = attn.norm_encoder_hidden_states(context)
-    key = _split_heads(attn.to_k(context), attn.heads)
-    value = _split_heads(attn.to_v(context), attn.heads)
     if attention_mask is not None:
-        attention_mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
+        attention_mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
         attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
     out = out.transpose(1, 2).flatten(2).to(query.dtype)

@@ -10,45 +10,61 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from diffusers import ControlNetModel, UNet2DConditionModel
 from torch import nn
 
-from megasr.model.megasr.adapter import adapter_parameters, install_modules
+from megasr.errors import EngineError
+from megasr.model.megasr.adapter import adapter_parameters
 from megasr.model.megasr.conditions import CONDITIONS_KEY, MegaSRConditions
 from megasr.model.megasr.config import ModulesConfig
+from megasr.model.megasr.networks import (
+    Installation,
+    MegaSRControlNetModel,
+    MegaSRUNet2DConditionModel,
+)
 
 
 class MegaSRDenoiser(nn.Module):
     """Predicts the noise of latents given text embeddings, the LR image and the conditions."""
 
     def __init__(
-        self, unet: UNet2DConditionModel, controlnet: ControlNetModel, config: ModulesConfig
+        self,
+        unet: MegaSRUNet2DConditionModel,
+        controlnet: MegaSRControlNetModel,
+        config: ModulesConfig,
     ) -> None:
+        """Install the new modules where ``config`` puts them; a ControlNet loaded whole (with
+        its modules) must carry exactly the installation ``config`` asks for."""
         super().__init__()
-        shared = config.connector == "shared"
-        install_modules(
-            unet, config, csm=config.csm_in_unet, msfm=config.msfm_in_unet, shared_connector=shared
-        )
-        install_modules(
-            controlnet,
-            config,
-            csm=config.csm_in_controlnet,
-            msfm=config.msfm_in_controlnet,
-            shared_connector=shared,
-        )
+        if not isinstance(unet, MegaSRUNet2DConditionModel) or not isinstance(
+            controlnet, MegaSRControlNetModel
+        ):
+            raise TypeError(
+                "MegaSRDenoiser takes a MegaSRUNet2DConditionModel and a MegaSRControlNetModel "
+                f"(got {type(unet).__name__}, {type(controlnet).__name__})"
+            )
+        unet.install_megasr(Installation(config, config.csm_in_unet, config.msfm_in_unet))
+        wanted = Installation(config, config.csm_in_controlnet, config.msfm_in_controlnet)
+        if controlnet.installation is None:
+            controlnet.install_megasr(wanted)
+        elif controlnet.installation != wanted:
+            raise EngineError(
+                "the ControlNet's MegaSR modules do not match the checkpoint config "
+                f"({controlnet.installation} != {wanted})"
+            )
         self.unet = unet
         self.controlnet = controlnet
         self.config = config
         cross_dim = unet.config.cross_attention_dim
+        shared = config.connector == "shared"
         self.connector = nn.Linear(config.clip_width, cross_dim) if shared else None
 
     @classmethod
-    def from_unet(cls, unet: UNet2DConditionModel, config: ModulesConfig) -> MegaSRDenoiser:
+    def from_unet(cls, unet: MegaSRUNet2DConditionModel, config: ModulesConfig) -> MegaSRDenoiser:
         """A fresh model: the ControlNet copied from ``unet``, the new modules at identity.
 
         ``from_unet`` copies strictly, so it runs before anything is installed.
         """
-        controlnet = ControlNetModel.from_unet(
+        controlnet = MegaSRControlNetModel.from_unet(
             unet, conditioning_embedding_out_channels=config.controlnet_embedding_channels
         )
         return cls(unet, controlnet, config)
@@ -70,11 +86,11 @@ class MegaSRDenoiser(nn.Module):
         """Noise (or v) prediction for ``latents`` (B, 4, h, w).
 
         ``control`` is the bicubic-upscaled LR image (B, 3, 8h, 8w) in [0, 1]; ``timesteps``
-        is (B,); every tensor of ``conditions`` has batch B.
+        is (B,); the tensors of ``conditions`` have B rows or B / k rows for latents that hold
+        k copies of the same tiles (classifier-free guidance, see :mod:`.conditions`).
         """
         if self.connector is not None and conditions.image_tokens is not None:
-            tokens = self.connector(conditions.image_tokens.to(self.connector.weight.dtype))
-            conditions = replace(conditions, image_tokens=tokens)
+            conditions = replace(conditions, image_tokens=self._connect(conditions))
         kwargs = {CONDITIONS_KEY: conditions}
         down, mid = self.controlnet(
             latents,
@@ -94,6 +110,15 @@ class MegaSRDenoiser(nn.Module):
             cross_attention_kwargs=kwargs,
             return_dict=False,
         )[0]
+
+    def _connect(self, conditions: MegaSRConditions) -> torch.Tensor:
+        """The shared Connector's image tokens (once per batch of tiles with a step cache)."""
+
+        def connect() -> torch.Tensor:
+            return self.connector(conditions.image_tokens.to(self.connector.weight.dtype))
+
+        cache = conditions.cache
+        return connect() if cache is None else cache.get(self.connector, connect)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """model.md's trainable set: the whole ControlNet, the U-Net's CSMs and MSFMs, a shared
@@ -122,9 +147,14 @@ class MegaSRDenoiser(nn.Module):
             )
         return state
 
-    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load the new modules' weights; every adapter key must be present and known."""
-        expected = self.adapter_state_dict()
+    def load_adapter_state_dict(
+        self,
+        state: dict[str, torch.Tensor],
+        owners: tuple[str, ...] = ("unet.", "controlnet.", "connector."),
+    ) -> None:
+        """Load the new modules' weights of the ``owners`` (key prefixes) the state holds;
+        every adapter key of theirs must be present and known."""
+        expected = {k: v for k, v in self.adapter_state_dict().items() if k.startswith(owners)}
         missing = sorted(set(expected) - set(state))
         unexpected = sorted(set(state) - set(expected))
         if missing or unexpected:

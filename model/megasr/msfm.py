@@ -3,7 +3,8 @@
 Stage 1 turns depth and segmentation into region guidance ``G_r``; stage 2 modulates the
 parameter-free normalised features twice (SAFT from the HED edges ``G_h`` and from ``G_r``)
 and sums the two. The module adds ``ZeroConv1x1(F_h + F_r)`` to the block's output, so a
-fresh MSFM passes the pretrained features through unchanged.
+fresh MSFM passes the pretrained features through unchanged. Most of that work depends on the
+maps alone and so is the same at every denoising step (:class:`Modulation`).
 
 The module lives at ``<transformer>.msfm`` and runs from a forward hook on the transformer
 (:func:`apply_msfm`): the pretrained keys of the transformer stay exactly as they were, which
@@ -12,14 +13,14 @@ The module lives at ``<transformer>.msfm`` and runs from a forward hook on the t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import nn
 
-from megasr.model.megasr.conditions import CONDITIONS_KEY, MegaSRConditions
+from megasr.model.megasr.conditions import CONDITIONS_KEY, MegaSRConditions, copies_of
 from megasr.model.megasr.config import ModulesConfig
 
 
@@ -53,7 +54,10 @@ class RegionGuidance(nn.Module):
 
 
 class SAFT(nn.Module):
-    """Spatially adaptive feature transform: ``F_n * (1 + gamma(S)) + beta(S)``, ``S = MLP(G)``."""
+    """Spatially adaptive feature transform: ``F_n * (1 + gamma(S)) + beta(S)``, ``S = MLP(G)``.
+
+    :meth:`modulation` returns ``(gamma, beta)``; they depend on the guidance alone.
+    """
 
     def __init__(self, guidance_channels: int, channels: int, config: ModulesConfig) -> None:
         super().__init__()
@@ -62,13 +66,33 @@ class SAFT(nn.Module):
         self.gamma = nn.Conv2d(hidden, channels, kernel, padding=kernel // 2)
         self.beta = nn.Conv2d(hidden, channels, kernel, padding=kernel // 2)
 
-    def forward(self, normalized: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    def modulation(self, guidance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shared = self.mlp(guidance)
-        return normalized * (1 + self.gamma(shared)) + self.beta(shared)
+        return self.gamma(shared), self.beta(shared)
+
+
+class Modulation(NamedTuple):
+    """What the guidance makes of one block's features: ``fused = F_n * scale + shift``.
+
+    With the residual output, ``shift`` has already been through the zero-initialised 1x1
+    convolution (weight and bias), and the block returns ``F + W (F_n * scale) + shift``.
+    One row per tile; the features may hold several copies of those rows.
+    """
+
+    scale: torch.Tensor
+    shift: torch.Tensor
 
 
 class MSFM(nn.Module):
-    """Fuses the HED, depth and segmentation maps into features of ``channels`` channels."""
+    """Fuses the HED, depth and segmentation maps into features of ``channels`` channels.
+
+    The two SAFT outputs sum to ``F_n * (2 + gamma_h + gamma_r) + (beta_h + beta_r)``, and the
+    1x1 output convolution is linear, so everything the maps decide (stage 1, both SAFT
+    MLPs and their gamma and beta convolutions, the convolution of the summed beta) is one
+    :class:`Modulation` computed by :meth:`modulation`; only the normalisation, one
+    multiply-add and one 1x1 convolution per call depend on the features (:meth:`modulate`).
+    A sampler computes the modulation once per batch of tiles and applies it at every step.
+    """
 
     def __init__(self, channels: int, config: ModulesConfig) -> None:
         super().__init__()
@@ -90,31 +114,53 @@ class MSFM(nn.Module):
         depth: torch.Tensor,
         seg: torch.Tensor,
     ) -> torch.Tensor:
-        size, dtype = features.shape[-2:], features.dtype
+        return self.modulate(features, self.modulation(hed, depth, seg, features))
+
+    def modulation(
+        self, hed: torch.Tensor, depth: torch.Tensor, seg: torch.Tensor, like: torch.Tensor
+    ) -> Modulation:
+        """The maps' modulation of features shaped and typed ``like`` (any number of rows)."""
+        size, dtype = like.shape[-2:], like.dtype
         hed = self._smooth_resize(hed.to(dtype), size)
         depth = self._smooth_resize(depth.to(dtype), size)
         seg = F.interpolate(seg.to(dtype), size=size, mode="nearest-exact")
+        edge_gamma, edge_beta = self.edge_saft.modulation(hed)
+        region_gamma, region_beta = self.region_saft.modulation(self.region(depth, seg))
+        scale, shift = 2 + edge_gamma + region_gamma, edge_beta + region_beta
+        if self.out is not None:
+            shift = self.out(shift)
+        return Modulation(scale, shift)
+
+    def modulate(self, features: torch.Tensor, modulation: Modulation) -> torch.Tensor:
+        """The block's output from its features and the maps' :class:`Modulation`."""
+        scale, shift = modulation
+        copies = copies_of(features.shape[0], scale.shape[0])
         normalized = self.norm(features)
-        region = self.region(depth, seg)
-        fused = self.edge_saft(normalized, hed) + self.region_saft(normalized, region)
-        return features + self.out(fused) if self.out is not None else fused
+        fused = _per_copy(normalized, copies) * scale
+        if self.out is None:
+            return (fused + shift).flatten(0, 1)
+        mixed = F.conv2d(fused.flatten(0, 1), self.out.weight)
+        return features + (_per_copy(mixed, copies) + shift).flatten(0, 1)
 
     def _smooth_resize(self, x: torch.Tensor, size: torch.Size) -> torch.Tensor:
         if x.shape[-2:] == size:
             return x
         antialias = self.antialias and x.shape[-2] > size[0]
-        return F.interpolate(
-            x, size=size, mode="bilinear", align_corners=False, antialias=antialias
+        # In float32: antialiased resizing has no bfloat16 kernel on the CPU.
+        resized = F.interpolate(
+            x.float(), size=size, mode="bilinear", align_corners=False, antialias=antialias
         )
+        return resized.to(x.dtype)
 
 
 def apply_msfm(module: Transformer2DModel, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
     """Forward hook of a transformer: run its ``msfm`` on the output when guidance is given.
 
     diffusers' blocks pass ``cross_attention_kwargs`` by keyword, so the maps are read from
-    the same dict the attention processors read. diffusers checkpoints the transformer, not
-    what follows it, so under gradient checkpointing the MSFM is checkpointed here with the
-    transformer's own function.
+    the same dict the attention processors read. With a step cache the modulation comes from
+    it (computed at the first step). diffusers checkpoints the transformer, not what follows
+    it, so under gradient checkpointing the MSFM is checkpointed here with the transformer's
+    own function.
     """
     conditions: MegaSRConditions | None = (kwargs.get("cross_attention_kwargs") or {}).get(
         CONDITIONS_KEY
@@ -122,12 +168,21 @@ def apply_msfm(module: Transformer2DModel, args: tuple, kwargs: dict[str, Any], 
     if conditions is None or not conditions.has_guidance:
         return output
     features = output[0] if isinstance(output, tuple) else output.sample
+    msfm: MSFM = module.msfm
     maps = (conditions.hed, conditions.depth, conditions.seg)
-    if torch.is_grad_enabled() and module.gradient_checkpointing:
-        fused = module._gradient_checkpointing_func(module.msfm, features, *maps)
+    if conditions.cache is not None:
+        modulation = conditions.cache.get(msfm, lambda: msfm.modulation(*maps, features))
+        fused = msfm.modulate(features, modulation)
+    elif torch.is_grad_enabled() and module.gradient_checkpointing:
+        fused = module._gradient_checkpointing_func(msfm, features, *maps)
     else:
-        fused = module.msfm(features, *maps)
+        fused = msfm(features, *maps)
     if isinstance(output, tuple):
         return (fused, *output[1:])
     output.sample = fused
     return output
+
+
+def _per_copy(x: torch.Tensor, copies: int) -> torch.Tensor:
+    """(copies * B, ...) -> (copies, B, ...), so per-tile tensors broadcast over the copies."""
+    return x.view(copies, x.shape[0] // copies, *x.shape[1:])

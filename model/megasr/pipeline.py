@@ -1,17 +1,26 @@
-"""Sampling: restore images with MegaSR, tile by tile, many images per forward pass.
+"""Sampling: restore whole images with MegaSR, tiled in latent space, many images at once.
 
-The unit of work is a latent tile (:class:`TileRequest`): tiles of the same shape are
-stacked into one forward pass whatever image they come from, each with its own text
-embeddings, image tokens, guidance maps and LR conditioning, so the worker can batch across
-jobs. :meth:`MegaSRPipeline.restore` drives whole images: VAE-encode the bicubic-upscaled LR
-image, start from it noised to the first timestep, and at every step predict the noise of
-every tile of every image, blend each image's tiles with Gaussian weights and step its own
-scheduler with its own generator; then VAE-decode and colour-correct.
+Every image is one image, whatever its size (model.md, "Inference settings"): the caller
+computes its tags, image tokens, guidance maps and their normalisation on the whole image
+(:meth:`~megasr.model.megasr.components.MegaSRModel.prepare`); here its start noise is drawn
+once for the whole latent canvas from its seed, its denoiser tiles are blended with Gaussian
+weights in latent space at every step, and the colour fix is applied to the whole result. A
+tile's noise therefore depends on where the tile lies, and the same seed and input give the
+same image whatever the tile size.
+
+At every step, the latent tiles of all images in hand (each at its own timestep, with its
+own prompt, tokens, maps and sampling options) are grouped by shape and stacked into forward
+passes, which is how the worker batches across jobs. Everything an image needs lives on the
+pipeline's device from preparation to the end: the control image, the maps, the tile weights,
+the latents and the random generator, so a step moves nothing from the host. What does not
+change from one step to the next for a fixed batch of tiles (their stacked control image,
+prompts and maps, the MSFM modulation, the CSM keys and values) is computed at the first step
+of that batch and reused (:class:`~megasr.model.megasr.conditions.StepCache`), within
+``step_cache_mb``.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,20 +30,19 @@ from diffusers import AutoencoderKL
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from megasr.errors import InvalidParameterError
+from megasr.model.engines.base import Cancelled
+from megasr.model.megasr import vae as tiled_vae
+from megasr.model.megasr.batches import HalvingBatches
 from megasr.model.megasr.color_fix import color_fix
-from megasr.model.megasr.conditions import MegaSRConditions
+from megasr.model.megasr.conditions import MegaSRConditions, StepCache
 from megasr.model.megasr.config import InferenceConfig
 from megasr.model.megasr.denoiser import MegaSRDenoiser
-from megasr.model.megasr.prompts import PromptEncoder
 from megasr.model.megasr.schedulers import make_scheduler
-from megasr.model.megasr.tiling import LatentTiling, blend_tiles, map_tiled
+from megasr.model.megasr.tiling import LatentTiling, TileBlender
 from megasr.model.tiler import reflect_pad
 
-VAE_FACTOR = 8
-
-
-class Cancelled(Exception):
-    """The caller asked to stop an image; checked before every denoising step."""
+VAE_FACTOR = tiled_vae.VAE_FACTOR
+MIB = 2**20
 
 
 @dataclass
@@ -45,72 +53,108 @@ class ImageRequest:
     ``text`` and ``negative_text`` are (L, D) prompt embeddings (``negative_text`` is needed
     when the guidance scale is above 1). ``image_tokens`` (N, clip_width) and the guidance
     maps ``hed``, ``depth`` (1, H, W) and ``seg`` (3, H, W) switch on the CSM visual branch
-    and the MSFM. ``generator`` (a CPU generator, so a seed means the same noise on every
-    device) draws the start noise and the sampler's noise.
+    and the MSFM. ``seed`` seeds a generator on the pipeline's device, which draws the start
+    noise and the sampler's noise: the same seed gives the same image on the same device.
+    ``options`` are this image's sampling settings (None: the pipeline's defaults).
     """
 
     lr_up: torch.Tensor
     text: torch.Tensor
-    generator: torch.Generator
+    seed: int
     negative_text: torch.Tensor | None = None
     image_tokens: torch.Tensor | None = None
     hed: torch.Tensor | None = None
     depth: torch.Tensor | None = None
     seg: torch.Tensor | None = None
+    options: InferenceConfig | None = None
     on_step: Callable[[int, int], None] | None = None
     should_cancel: Callable[[], bool] | None = None
 
 
-@dataclass
-class TileRequest:
-    """One latent tile of one image at one timestep, with that image's conditions.
+@dataclass(eq=False)
+class _Image:
+    """An image being restored: its device-resident inputs and its sampling state."""
 
-    ``latents`` (4, h, w); ``control`` (3, 8h, 8w) in [0, 1]; ``conditions`` with batch 1
-    (guidance maps cropped to the tile); ``text``/``negative_text`` (L, D).
-    """
-
+    request: ImageRequest
+    options: InferenceConfig
+    height: int
+    width: int
+    reference: torch.Tensor
+    """The upscaled LR image (3, H, W), float32: what the colour fix matches."""
+    control: torch.Tensor
+    """The same, padded to the pipeline's multiple, (1, 3, PH, PW) in the denoiser's dtype."""
+    conditions: MegaSRConditions
+    """One row: image tokens and the padded maps in the denoiser's dtype."""
+    text: torch.Tensor
+    """(copies, L, D): the negative and the positive prompt under guidance, else the positive."""
     latents: torch.Tensor
-    timestep: torch.Tensor
+    scheduler: SchedulerMixin
+    generator: torch.Generator
+    tiling: LatentTiling
+    blender: TileBlender
+    step: int = 0
+    result: torch.Tensor | Cancelled | None = None
+    model_input: torch.Tensor | None = None
+    predictions: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def guided(self) -> bool:
+        return self.options.guidance_scale > 1.0
+
+    @property
+    def timesteps(self) -> torch.Tensor:
+        return self.scheduler.timesteps
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or self.step >= len(self.timesteps)
+
+    def window(self, index: int, scale: int = 1) -> tuple[slice, slice]:
+        """Tile ``index``'s rows and columns, in latents (``scale`` 1) or pixels (8)."""
+        y, x = self.tiling.positions[index]
+        th, tw = self.tiling.tile_height, self.tiling.tile_width
+        return slice(y * scale, (y + th) * scale), slice(x * scale, (x + tw) * scale)
+
+
+_TileKey = tuple[int, int]  # (image number, tile index)
+
+
+@dataclass
+class _Chunk:
+    """The step-invariant inputs of one fixed batch of tiles, stacked once: the control image
+    and the prompts with a row per copy (classifier-free guidance), the conditions with a row
+    per tile, and each tile's guidance scale."""
+
     control: torch.Tensor
     text: torch.Tensor
     conditions: MegaSRConditions
-    negative_text: torch.Tensor | None = None
+    guidance: torch.Tensor
+    conditioning_scale: float
 
     @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.latents.shape)
-
-
-@dataclass
-class _ImageState:
-    request: ImageRequest
-    height: int
-    width: int
-    lr_up: torch.Tensor
-    conditions: MegaSRConditions
-    latents: torch.Tensor
-    scheduler: SchedulerMixin
-    tiling: LatentTiling
-    result: torch.Tensor | Cancelled | None = None
-    predictions: list[torch.Tensor] = field(default_factory=list)
+    def nbytes(self) -> int:
+        """Device memory the chunk holds: its stacked inputs and its step cache."""
+        maps = (self.conditions.hed, self.conditions.depth, self.conditions.seg)
+        held = sum(t.nbytes for t in (self.control, self.text, *maps) if t is not None)
+        cache = self.conditions.cache
+        return held + (0 if cache is None else cache.nbytes)
 
 
 class MegaSRPipeline:
-    """MegaSR sampling on one device; ``options`` are the defaults a call may replace."""
+    """MegaSR sampling on one device; ``options`` are the defaults a request may replace."""
 
     def __init__(
         self,
         denoiser: MegaSRDenoiser,
         vae: AutoencoderKL,
-        prompt_encoder: PromptEncoder,
         scheduler_config: dict[str, Any],
         options: InferenceConfig,
     ) -> None:
         self.denoiser = denoiser
         self.vae = vae
-        self.prompt_encoder = prompt_encoder
         self.scheduler_config = dict(scheduler_config)
         self.options = options
+        self.oom_retries = 0
 
     @property
     def device(self) -> torch.device:
@@ -125,220 +169,256 @@ class MegaSRPipeline:
         """Image sides are padded to this internally (VAE factor times U-Net downsampling)."""
         return VAE_FACTOR * self.denoiser.latent_multiple
 
-    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        return self.prompt_encoder(prompts)
+    def encode(
+        self, image: torch.Tensor, options: InferenceConfig | None = None, batch_size: int = 4
+    ) -> torch.Tensor:
+        """(3, H, W) in [0, 1] -> (4, H/8, W/8) scaled latents, tiled when large."""
+        batches = HalvingBatches(batch_size, self.device)
+        return tiled_vae.encode(self.vae, image, options or self.options, batches)
 
-    @torch.no_grad()
-    def encode(self, image: torch.Tensor, options: InferenceConfig | None = None) -> torch.Tensor:
-        """(3, H, W) in [0, 1] -> (4, H/8, W/8) scaled latents (the posterior mean), tiled when
-        larger than the VAE tile."""
-        options = options or self.options
-        tiling = self._vae_tiling(
-            image.shape[-2] // VAE_FACTOR, image.shape[-1] // VAE_FACTOR, options
-        )
-        x = image.to(self.device, self.vae.dtype) * 2 - 1
-
-        def encode_batch(batch: torch.Tensor) -> torch.Tensor:
-            return self.vae.encode(batch).latent_dist.mode() * self.vae.config.scaling_factor
-
-        if len(tiling) == 1:
-            return encode_batch(x[None])[0].float()
-        return map_tiled(encode_batch, x, tiling, VAE_FACTOR, 1, batch_size=1)
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor, options: InferenceConfig | None = None) -> torch.Tensor:
+    def decode(
+        self, latents: torch.Tensor, options: InferenceConfig | None = None, batch_size: int = 4
+    ) -> torch.Tensor:
         """(4, h, w) scaled latents -> (3, 8h, 8w) image in [0, 1], tiled when large."""
-        options = options or self.options
-        tiling = self._vae_tiling(latents.shape[-2], latents.shape[-1], options)
-        z = latents.to(self.device, self.vae.dtype) / self.vae.config.scaling_factor
-
-        def decode_batch(batch: torch.Tensor) -> torch.Tensor:
-            return self.vae.decode(batch).sample
-
-        if len(tiling) == 1:
-            pixels = decode_batch(z[None])[0].float()
-        else:
-            pixels = map_tiled(decode_batch, z, tiling, 1, VAE_FACTOR, batch_size=1)
-        return ((pixels + 1) / 2).clamp(0.0, 1.0)
-
-    @torch.no_grad()
-    def predict_tiles(
-        self, tiles: list[TileRequest], options: InferenceConfig | None = None
-    ) -> list[torch.Tensor]:
-        """Guided noise predictions (float32, (4, h, w)) for same-shape tiles of any images."""
-        options = options or self.options
-        if len({tile.shape for tile in tiles}) != 1:
-            raise ValueError("tiles batched in one forward pass must share a shape")
-        guided = options.guidance_scale > 1.0
-        dtype, device = self.dtype, self.device
-        text = torch.stack([tile.text for tile in tiles])
-        if guided:
-            if any(tile.negative_text is None for tile in tiles):
-                raise InvalidParameterError("classifier-free guidance needs negative embeddings")
-            text = torch.cat([torch.stack([tile.negative_text for tile in tiles]), text])
-        copies = 2 if guided else 1
-        latents = torch.stack([tile.latents for tile in tiles]).repeat(copies, 1, 1, 1)
-        timesteps = torch.stack([tile.timestep for tile in tiles]).repeat(copies)
-        control = torch.stack([tile.control for tile in tiles]).repeat(copies, 1, 1, 1)
-        conditions = MegaSRConditions.cat([tile.conditions for tile in tiles])
-        conditions = conditions.map(
-            lambda t: t.to(device, dtype).repeat(copies, *[1] * (t.ndim - 1))
-        )
-        noise = self.denoiser(
-            latents.to(device, dtype),
-            timesteps.to(device),
-            text.to(device, dtype),
-            control.to(device, dtype),
-            conditions,
-            options.conditioning_scale,
-        ).float()
-        if guided:
-            uncond, cond = noise.chunk(2)
-            noise = uncond + options.guidance_scale * (cond - uncond)
-        return list(noise)
+        batches = HalvingBatches(batch_size, self.device)
+        return tiled_vae.decode(self.vae, latents, options or self.options, batches)
 
     @torch.no_grad()
     def restore(
         self,
         requests: list[ImageRequest],
-        options: InferenceConfig | None = None,
         batch_size: int = 4,
+        on_batch: Callable[[int], None] | None = None,
     ) -> list[torch.Tensor | Cancelled]:
         """Restore every image; each result is (3, H, W) float32 in [0, 1] on the CPU, or the
         :class:`Cancelled` of an image whose ``should_cancel`` said so.
 
         ``batch_size`` is the number of tiles per forward pass (each runs twice under
-        classifier-free guidance).
+        classifier-free guidance); it is halved for the rest of the call if the device runs
+        out of memory. ``on_batch(n)`` is called after each forward pass of ``n`` tiles.
         """
-        options = options or self.options
-        if not requests:
-            return []
-        states = [self._prepare(request, options) for request in requests]
-        timesteps = states[0].scheduler.timesteps
-        for index, t in enumerate(timesteps):
-            active = [s for s in states if not self._cancelled(s)]
-            if not active:
-                break
-            self._step(active, t, options, batch_size)
-            for state in active:
-                if state.request.on_step is not None:
-                    state.request.on_step(index + 1, len(timesteps))
-        for state in states:
-            if state.result is None:
-                state.result = self._finish(state, options)
-        return [state.result for state in states]
+        batches = HalvingBatches(batch_size, self.device)
+        images = [self._prepare(request, batches) for request in requests]
+        chunks: dict[tuple[_TileKey, ...], _Chunk] = {}
+        try:
+            while True:
+                active = [image for image in images if not image.done]
+                active = [image for image in active if not self._cancelled(image)]
+                if not active:
+                    break
+                self._step(images, active, chunks, batches, on_batch)
+                for image in active:
+                    if image.done:
+                        image.result = self._finish(image, batches)
+        finally:
+            self.oom_retries += batches.oom_retries
+        return [image.result for image in images]
 
-    def restore_one(
-        self, request: ImageRequest, options: InferenceConfig | None = None, batch_size: int = 4
-    ) -> torch.Tensor:
+    def restore_one(self, request: ImageRequest, batch_size: int = 4) -> torch.Tensor:
         """One image; raises :class:`Cancelled` if it was cancelled."""
-        (result,) = self.restore([request], options, batch_size)
+        (result,) = self.restore([request], batch_size)
         if isinstance(result, Cancelled):
             raise result
         return result
 
-    def _prepare(self, request: ImageRequest, options: InferenceConfig) -> _ImageState:
+    # -- preparing an image -----------------------------------------------------------------
+
+    def _prepare(self, request: ImageRequest, batches: HalvingBatches) -> _Image:
+        options = request.options or self.options
+        if options.guidance_scale > 1.0 and request.negative_text is None:
+            raise InvalidParameterError("classifier-free guidance needs negative embeddings")
+        device, dtype = self.device, self.dtype
         _, height, width = request.lr_up.shape
         m = self.pixel_multiple
-        ph, pw = -(-height // m) * m, -(-width // m) * m
-        lr_up = reflect_pad(request.lr_up.float().cpu(), ph, pw)
-        maps = {
-            name: None if value is None else reflect_pad(value.float().cpu(), ph, pw)[None]
-            for name, value in (
-                ("hed", request.hed),
-                ("depth", request.depth),
-                ("seg", request.seg),
-            )
-        }
-        tokens = None if request.image_tokens is None else request.image_tokens[None]
-        z_lr = self.encode(lr_up, options)
+        padded = (-(-height // m) * m, -(-width // m) * m)
+        reference = request.lr_up.to(device, torch.float32)
+        lr_up = reflect_pad(reference, *padded)
+        latents_lr = tiled_vae.encode(self.vae, lr_up, options, batches)[None]
+        generator = torch.Generator(device).manual_seed(request.seed)
         scheduler = make_scheduler(options.sampler, self.scheduler_config)
-        scheduler.set_timesteps(options.steps, device=self.device)
-        noise = torch.randn(z_lr.shape, generator=request.generator).to(z_lr.device)
+        scheduler.set_timesteps(options.steps, device=device)
+        noise = torch.randn(latents_lr.shape, generator=generator, device=device)
         if options.start == "lr":
-            latents = scheduler.add_noise(z_lr[None], noise[None], scheduler.timesteps[:1])
+            latents = scheduler.add_noise(latents_lr, noise, scheduler.timesteps[:1])
         else:
-            latents = noise[None] * scheduler.init_noise_sigma
+            latents = noise * scheduler.init_noise_sigma
         tiling = LatentTiling.plan(
-            ph // VAE_FACTOR,
-            pw // VAE_FACTOR,
+            padded[0] // VAE_FACTOR,
+            padded[1] // VAE_FACTOR,
             options.latent_tile,
             options.latent_tile_overlap,
             options.tile_sigma,
             self.denoiser.latent_multiple,
         )
-        return _ImageState(
+        texts = (
+            [request.negative_text, request.text]
+            if options.guidance_scale > 1.0
+            else [request.text]
+        )
+        return _Image(
             request=request,
+            options=options,
             height=height,
             width=width,
-            lr_up=lr_up,
-            conditions=MegaSRConditions(image_tokens=tokens, **maps),
+            reference=reference,
+            control=lr_up[None].to(dtype),
+            conditions=self._conditions(request, padded),
+            text=torch.stack(texts).to(device, dtype),
             latents=latents,
             scheduler=scheduler,
+            generator=generator,
             tiling=tiling,
+            blender=TileBlender(tiling, device),
         )
+
+    def _conditions(self, request: ImageRequest, padded: tuple[int, int]) -> MegaSRConditions:
+        device, dtype = self.device, self.dtype
+
+        def resident(value: torch.Tensor | None, pad: bool) -> torch.Tensor | None:
+            if value is None:
+                return None
+            value = value.to(device, dtype)
+            return (reflect_pad(value, *padded) if pad else value)[None]
+
+        return MegaSRConditions(
+            image_tokens=resident(request.image_tokens, pad=False),
+            hed=resident(request.hed, pad=True),
+            depth=resident(request.depth, pad=True),
+            seg=resident(request.seg, pad=True),
+        )
+
+    # -- one step of every image ------------------------------------------------------------
 
     def _step(
-        self, states: list[_ImageState], t: torch.Tensor, options: InferenceConfig, batch_size: int
+        self,
+        images: list[_Image],
+        active: list[_Image],
+        chunks: dict[tuple[_TileKey, ...], _Chunk],
+        batches: HalvingBatches,
+        on_batch: Callable[[int], None] | None,
     ) -> None:
-        """One denoising step of every image: all tiles predicted in shape-grouped batches."""
-        by_shape: dict[tuple[int, ...], list[tuple[_ImageState, TileRequest]]] = defaultdict(list)
-        for state in states:
-            state.predictions = []
-            model_input = state.scheduler.scale_model_input(state.latents, t)[0]
-            for y, x in state.tiling.positions:
-                tile = self._tile(state, model_input, t, y, x)
-                by_shape[tile.shape].append((state, tile))
-        for group in by_shape.values():
-            for first in range(0, len(group), batch_size):
-                chunk = group[first : first + batch_size]
-                noise = self.predict_tiles([tile for _, tile in chunk], options)
-                for (state, _), prediction in zip(chunk, noise, strict=True):
-                    state.predictions.append(prediction)
-        for state in states:
-            noise = blend_tiles(state.tiling, state.predictions)[None].to(state.latents.device)
-            step = state.scheduler.step(noise, t, state.latents, generator=state.request.generator)
-            state.latents = step.prev_sample
-            state.predictions = []
+        """One denoising step of every active image: its tiles predicted in shape-grouped
+        forward passes, blended, and its scheduler stepped."""
+        number = {id(image): n for n, image in enumerate(images)}
+        groups: dict[tuple, list[_TileKey]] = {}
+        for image in active:
+            t = image.timesteps[image.step]
+            image.model_input = image.scheduler.scale_model_input(image.latents, t)
+            image.predictions = {}
+            shape = (image.tiling.tile_height, image.tiling.tile_width)
+            key = (*shape, image.guided, image.options.conditioning_scale)
+            n = number[id(image)]
+            groups.setdefault(key, []).extend((n, i) for i in range(len(image.tiling)))
+        used: set[tuple[_TileKey, ...]] = set()
 
-    def _tile(
-        self, state: _ImageState, model_input: torch.Tensor, t: torch.Tensor, y: int, x: int
-    ) -> TileRequest:
-        th, tw = state.tiling.tile_height, state.tiling.tile_width
-        f = VAE_FACTOR
-        pixels = (slice(None), slice(y * f, (y + th) * f), slice(x * f, (x + tw) * f))
-        conditions = state.conditions
-        crop = MegaSRConditions(
-            image_tokens=conditions.image_tokens,
-            hed=None if conditions.hed is None else conditions.hed[(slice(None), *pixels)],
-            depth=None if conditions.depth is None else conditions.depth[(slice(None), *pixels)],
-            seg=None if conditions.seg is None else conditions.seg[(slice(None), *pixels)],
+        def predict(tiles: list[_TileKey]) -> list[None]:
+            key = tuple(tiles)
+            used.add(key)
+            chunk = chunks.get(key) or self._chunk(images, tiles)
+            if self._budget:
+                chunks[key] = chunk
+            self._predict(images, tiles, chunk)
+            if chunk.conditions.cache is not None:
+                self._keep_within_budget(chunks, chunk)
+            if on_batch is not None:
+                on_batch(len(tiles))
+            return [None] * len(tiles)
+
+        for tiles in groups.values():
+            batches.map(predict, tiles)
+        for stale in set(chunks) - used:
+            del chunks[stale]
+        for image in active:
+            self._advance(image)
+
+    def _chunk(self, images: list[_Image], tiles: list[_TileKey]) -> _Chunk:
+        """Stack the step-invariant inputs of ``tiles`` (a fixed batch of tiles)."""
+        members = [(images[n], index) for n, index in tiles]
+        copies = members[0][0].text.shape[0]
+        rows = []
+        for image, index in members:
+            ys, xs = image.window(index, VAE_FACTOR)
+            rows.append(
+                image.conditions.map(lambda t, ys=ys, xs=xs: t[..., ys, xs] if t.ndim == 4 else t)
+            )
+        conditions = MegaSRConditions.cat(rows)
+        conditions.cache = StepCache() if self._budget else None
+        guidance = torch.tensor(
+            [image.options.guidance_scale for image, _ in members], device=self.device
         )
-        return TileRequest(
-            latents=model_input[:, y : y + th, x : x + tw],
-            timestep=t,
-            control=state.lr_up[pixels],
-            text=state.request.text,
-            negative_text=state.request.negative_text,
-            conditions=crop,
+        control = torch.cat(
+            [image.control[(..., *image.window(index, VAE_FACTOR))] for image, index in members]
+        )
+        return _Chunk(
+            control=control.repeat(copies, 1, 1, 1),
+            # Copy-major, as the latents: every tile's first prompt, then every tile's second.
+            text=torch.cat(
+                [torch.stack([image.text[c] for image, _ in members]) for c in range(copies)]
+            ),
+            conditions=conditions,
+            guidance=guidance.view(-1, 1, 1, 1),
+            conditioning_scale=members[0][0].options.conditioning_scale,
         )
 
-    def _finish(self, state: _ImageState, options: InferenceConfig) -> torch.Tensor:
-        image = self.decode(state.latents[0], options).cpu()
-        image = color_fix(image[None], state.lr_up[None], options.color_fix)[0]
-        return image[:, : state.height, : state.width].contiguous()
+    @property
+    def _budget(self) -> int:
+        """Bytes the step-invariant inputs and caches of all batches of tiles may hold."""
+        return self.options.step_cache_mb * MIB
+
+    def _predict(self, images: list[_Image], tiles: list[_TileKey], chunk: _Chunk) -> None:
+        """The guided noise prediction of each tile, kept in its image for blending."""
+        members = [(images[n], index) for n, index in tiles]
+        copies = chunk.text.shape[0] // len(members)
+        # The chunk's inputs are the very tensors of every step; only the latents are new.
+        latents = torch.cat(
+            [image.model_input[(..., *image.window(index))] for image, index in members]
+        )
+        timesteps = torch.stack([image.timesteps[image.step] for image, _ in members])
+        noise = self.denoiser(
+            latents.repeat(copies, 1, 1, 1).to(self.dtype),
+            timesteps.repeat(copies),
+            chunk.text,
+            chunk.control,
+            chunk.conditions,
+            chunk.conditioning_scale,
+        ).float()
+        if copies == 2:
+            uncond, cond = noise.chunk(2)
+            noise = uncond + chunk.guidance * (cond - uncond)
+        for (image, index), prediction in zip(members, noise, strict=True):
+            image.predictions[index] = prediction
+
+    def _keep_within_budget(
+        self, chunks: dict[tuple[_TileKey, ...], _Chunk], chunk: _Chunk
+    ) -> None:
+        """Drop ``chunk``'s step cache for good if all chunks together pass the budget: its
+        tiles then recompute that work at every step."""
+        if sum(c.nbytes for c in chunks.values()) > self._budget:
+            chunk.conditions.cache = None
+
+    def _advance(self, image: _Image) -> None:
+        noise = image.blender.blend([image.predictions[i] for i in range(len(image.tiling))])
+        t = image.timesteps[image.step]
+        step = image.scheduler.step(noise[None], t, image.latents, generator=image.generator)
+        image.latents = step.prev_sample
+        image.predictions = {}
+        image.model_input = None
+        image.step += 1
+        if image.request.on_step is not None:
+            image.request.on_step(image.step, len(image.timesteps))
+
+    # -- finishing --------------------------------------------------------------------------
+
+    def _finish(self, image: _Image, batches: HalvingBatches) -> torch.Tensor:
+        pixels = tiled_vae.decode(self.vae, image.latents[0], image.options, batches)
+        pixels = pixels[:, : image.height, : image.width]
+        fixed = color_fix(pixels[None], image.reference[None], image.options.color_fix)[0]
+        return fixed.cpu().contiguous()
 
     @staticmethod
-    def _cancelled(state: _ImageState) -> bool:
-        if state.result is not None:
-            return True
-        request = state.request
+    def _cancelled(image: _Image) -> bool:
+        request = image.request
         if request.should_cancel is not None and request.should_cancel():
-            state.result = Cancelled("the image was cancelled before it was finished")
+            image.result = Cancelled("the image was cancelled before it was finished")
             return True
         return False
-
-    def _vae_tiling(self, height: int, width: int, options: InferenceConfig) -> LatentTiling:
-        return LatentTiling.plan(
-            height, width, options.vae_tile, options.vae_tile_overlap, options.tile_sigma
-        )

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusers import UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from megasr.model.megasr.config import ModulesConfig
 from megasr.model.megasr.denoiser import MegaSRDenoiser
+from megasr.model.megasr.networks import MegaSRUNet2DConditionModel
 
 SD_SCHEDULER: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -102,4 +102,4 @@ def sd2_base_denoiser(modules: ModulesConfig = SD2_BASE_MODULES) -> MegaSRDenois
 
     Built on whatever device is current, so ``with torch.device("meta")`` sizes it for free.
     """
-    return MegaSRDenoiser.from_unet(UNet2DConditionModel(**SD2_BASE_UNET), modules)
+    return MegaSRDenoiser.from_unet(MegaSRUNet2DConditionModel(**SD2_BASE_UNET), modules)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from megasr.model.megasr.batches import HalvingBatches
+
 
 @dataclass(frozen=True)
 class LatentTiling:
@@ -54,25 +56,39 @@ class LatentTiling:
         return wy[:, None] * wx[None, :]
 
 
-def blend_tiles(
-    tiling: LatentTiling,
-    outputs: list[torch.Tensor],
-    scale: int = 1,
-) -> torch.Tensor:
-    """Blend per-tile outputs (C, th*scale, tw*scale), in ``positions`` order, into one map."""
-    channels = outputs[0].shape[0]
-    ref = outputs[0]
-    total = ref.new_zeros(
-        channels, tiling.height * scale, tiling.width * scale, dtype=torch.float32
-    )
-    norm = torch.zeros_like(total[:1])
-    weight = tiling.weights(scale).to(ref.device)
-    th, tw = tiling.tile_height * scale, tiling.tile_width * scale
-    for (y, x), out in zip(tiling.positions, outputs, strict=True):
-        ys, xs = slice(y * scale, y * scale + th), slice(x * scale, x * scale + tw)
-        total[:, ys, xs] += out.float() * weight
-        norm[:, ys, xs] += weight
-    return total / norm
+class TileBlender:
+    """Blends per-tile outputs of one tiling into one map; weights made once, on ``device``.
+
+    The sampler blends every image's noise predictions at every step, so the Gaussian tile
+    weights and their per-pixel sum live on the engine's device for the whole image.
+    """
+
+    def __init__(self, tiling: LatentTiling, device: torch.device | str, scale: int = 1) -> None:
+        self.tiling = tiling
+        self.scale = scale
+        self.weight = tiling.weights(scale).to(device)
+        self.total_weight = torch.zeros(
+            1, tiling.height * scale, tiling.width * scale, device=device
+        )
+        for ys, xs in self.windows:
+            self.total_weight[:, ys, xs] += self.weight
+
+    @property
+    def windows(self) -> list[tuple[slice, slice]]:
+        """Where each tile's output lies in the blended map, in ``positions`` order."""
+        th, tw, s = self.tiling.tile_height, self.tiling.tile_width, self.scale
+        return [
+            (slice(y * s, y * s + th * s), slice(x * s, x * s + tw * s))
+            for y, x in self.tiling.positions
+        ]
+
+    def blend(self, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """(C, H*scale, W*scale) float32 from tile outputs (C, th*scale, tw*scale)."""
+        channels = outputs[0].shape[0]
+        total = self.total_weight.new_zeros(channels, *self.total_weight.shape[1:])
+        for (ys, xs), out in zip(self.windows, outputs, strict=True):
+            total[:, ys, xs] += out.float() * self.weight
+        return total / self.total_weight
 
 
 def map_tiled(
@@ -81,9 +97,9 @@ def map_tiled(
     tiling: LatentTiling,
     in_scale: int,
     out_scale: int,
-    batch_size: int,
+    batches: HalvingBatches,
 ) -> torch.Tensor:
-    """Run ``fn`` over tiles of ``image`` (C, H, W) and blend the results.
+    """Run ``fn`` over batches of tiles of ``image`` (C, H, W) and blend the results.
 
     ``image`` is ``in_scale`` x the latent grid of ``tiling`` and ``fn``'s outputs are
     ``out_scale`` x it (VAE encode: 8 -> 1, decode: 1 -> 8).
@@ -93,10 +109,8 @@ def map_tiled(
         image[:, y * in_scale : y * in_scale + th, x * in_scale : x * in_scale + tw]
         for y, x in tiling.positions
     ]
-    outputs: list[torch.Tensor] = []
-    for first in range(0, len(crops), batch_size):
-        outputs.extend(fn(torch.stack(crops[first : first + batch_size])))
-    return blend_tiles(tiling, outputs, out_scale)
+    outputs = batches.map(lambda batch: list(fn(torch.stack(batch))), crops)
+    return TileBlender(tiling, image.device, out_scale).blend(outputs)
 
 
 def _starts(length: int, tile: int, stride: int) -> tuple[int, ...]:
