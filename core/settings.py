@@ -55,7 +55,11 @@ class Settings(BaseSettings):
     megasr_model: Path | None = Field(None, description="A MegaSR checkpoint directory.")
     device: Device = "auto"
     dtype: Precision = "auto"
-    tile: int = Field(0, ge=0, description="Engine input tile side in pixels; 0 = engine default.")
+    tile: int = Field(
+        0,
+        ge=0,
+        description="Engine tile side in pixels (megasr: latent tile, output px); 0 = default.",
+    )
     cpu_threads: int = Field(
         0, ge=0, description="Threads an engine computes with on the CPU; 0 = one per core."
     )

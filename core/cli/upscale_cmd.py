@@ -74,7 +74,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help=f"{', '.join(OUTPUT_FORMATS)} (default: the input's, else png)",
     )
     parser.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality, 1 to 100")
-    parser.add_argument("--tile", type=int, default=None, help="engine tile side in pixels")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="engine tile side in pixels (megasr: its latent tile, in output pixels)",
+    )
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
