@@ -43,7 +43,7 @@ class Gateway:
             storage=storage,
             metrics=GatewayMetrics(queue),
             api_keys=ApiKeys.from_settings(settings),
-            notifier=JobNotifier.from_settings(settings, storage),
+            notifier=JobNotifier.from_settings(settings, storage, redis),
         )
 
     def close(self) -> None:

@@ -53,6 +53,8 @@ async def submit(gw: Gateway, request: SubmitRequest) -> Submitted:
         await run_sync(check_capacity, gw.redis, gw.queue, settings, request.tenant)
         upload = await read_upload(request.content_type, request.body, settings.max_upload_bytes)
         params = UpscaleParams.parse(upload.fields)
+        if params.webhook_url is not None:  # refused now, not after the job ran
+            await run_sync(gw.notifier.dispatcher.policy.resolve, str(params.webhook_url))
         engine = await run_sync(_check_engine, gw, params.engine)
         info = await inspect_image(upload.image, params, settings)
         submitted = await run_sync(_store_and_enqueue, gw, request, upload, params, info)

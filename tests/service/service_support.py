@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import uvicorn
 from PIL import Image
+from webhook_receiver import LOOPBACK_NETWORKS
 
 from megasr.loopback import ChildServer, free_port, wait_until, worker_command
 from megasr.service import create_app
@@ -73,6 +74,7 @@ def worker_env(redis_url: str, data_dir: Path, queue: str, **extra: str) -> dict
         MEGASR_WORKER_ENGINES=json.dumps(["worker_engines:TinyEngine"]),
         MEGASR_DEVICE="cpu",
         MEGASR_MAX_WAIT_MS="20",
+        MEGASR_WEBHOOK_ALLOWED_NETWORKS=json.dumps(LOOPBACK_NETWORKS),
     )
     env.update(extra)
     return env
