@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 from redis import Redis
 
 from megasr.engine_status import (
@@ -13,13 +12,6 @@ from megasr.engine_status import (
     read_engines,
     withdraw_engines,
 )
-
-
-@pytest.fixture
-def redis(redis_server) -> Redis:
-    with Redis.from_url(redis_server.url) as client:
-        client.flushdb()
-        yield client
 
 
 def command_calls(redis: Redis) -> dict[str, int]:
