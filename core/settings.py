@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(8000, ge=0, le=65535)
     maintenance_interval_s: float = Field(30.0, gt=0, description="Registry cleanup period.")
+    submit_fsync_timeout_ms: int = Field(
+        2000, ge=0, description="How long a 202 waits for WAITAOF; 0 = does not wait."
+    )
 
     # Worker: webhooks (the gateway sends some too), metrics port, batching, heartbeats.
     webhook_secret: SecretStr | None = None

@@ -2,10 +2,11 @@
 
 A delivery is a hash ``megasr:webhook:{id}`` (URL, event, tenant, job id, body, attempts,
 last error) and its id in the sorted set ``megasr:webhooks:{queue}:due``, scored by when it is
-next due. The queue name scopes the outbox to one deployment: only processes with its
-settings (its secrets, its address policy) deliver its webhooks. Both are written in one transaction when a job ends, so a process that dies a moment
-later loses nothing: whichever process drains the outbox next (every gateway and worker
-runs a :class:`~megasr.webhooks.WebhookDispatcher`) delivers it.
+next due. Both are written in one transaction when a job ends, so a process that dies a
+moment later loses nothing: whichever process drains the outbox next (every gateway and
+worker runs a :class:`~megasr.webhooks.WebhookDispatcher`) delivers it. The queue name
+scopes the outbox to one deployment: only processes with its settings (its secrets, its
+address policy) deliver its webhooks.
 
 Claiming is atomic (a Lua script): due ids are pushed a lease into the future and their
 attempt count goes up, so two drainers never send the same attempt; a drainer that dies

@@ -11,6 +11,7 @@ from rq import Queue
 from megasr.notifications import JobNotifier
 from megasr.queue import get_queue, redis_connection
 from megasr.service.auth import ApiKeys
+from megasr.service.durability import Durability
 from megasr.service.metrics import GatewayMetrics
 from megasr.settings import Settings
 from megasr.storage import Storage, create_storage
@@ -30,6 +31,7 @@ class Gateway:
     metrics: GatewayMetrics
     api_keys: ApiKeys
     notifier: JobNotifier  # webhooks of the jobs that end here, not in a worker
+    durability: Durability  # a 202 waits until its job is on Redis's disk
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
@@ -44,6 +46,7 @@ class Gateway:
             metrics=GatewayMetrics(queue),
             api_keys=ApiKeys.from_settings(settings),
             notifier=JobNotifier.from_settings(settings, storage, redis),
+            durability=Durability(settings.submit_fsync_timeout_ms),
         )
 
     def close(self) -> None:

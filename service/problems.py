@@ -2,8 +2,9 @@
 
 Typed project errors carry their own status and type; FastAPI's validation errors become
 422; Starlette's HTTP errors (unknown route 404, wrong method 405) keep their status and
-headers; an unreachable Redis is 503 with ``Retry-After``; anything else is a logged 500
-that shows no internals.
+headers; an unreachable Redis is 503 with ``Retry-After``; anything else is a logged 500.
+No 5xx answer shows internals: the detail of a server-side error (a storage path, a host, a
+library's message) goes to the log, and the client reads a generic one.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
 
 
+GENERIC_UNAVAILABLE = "a part the service needs cannot be reached; retry shortly"
+GENERIC_SERVER_ERROR = "the gateway failed; the error was logged"
+
+
 def error_response(error: MegaSRError) -> JSONResponse:
     headers = {}
     if isinstance(error, RateLimitedError):
@@ -45,7 +50,17 @@ def error_response(error: MegaSRError) -> JSONResponse:
         headers["Retry-After"] = str(REDIS_RETRY_AFTER_S)
     elif isinstance(error, AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="megasr"'
-    return problem_response(problem_from_error(error), error.status, headers)
+    return problem_response(public_problem(error), error.status, headers)
+
+
+def public_problem(error: MegaSRError) -> dict:
+    """The problem a client may see: a server-side error's detail is logged, not shown."""
+    body = problem_from_error(error)
+    if error.status >= 500 and not getattr(error, "public", False):
+        log.warning("%s (%d): %s", error.title, error.status, error.detail)
+        unavailable = isinstance(error, ServiceUnavailableError)
+        body["detail"] = GENERIC_UNAVAILABLE if unavailable else GENERIC_SERVER_ERROR
+    return body
 
 
 async def _megasr_error(request: Request, exc: MegaSRError) -> JSONResponse:
@@ -73,13 +88,15 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     log.warning("Redis unreachable: %s", exc)
     return error_response(
-        ServiceUnavailableError("the job queue (Redis) cannot be reached; retry shortly")
+        ServiceUnavailableError(
+            "the job queue (Redis) cannot be reached; retry shortly", public=True
+        )
     )
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    body = problem(500, "Internal error", "the gateway failed; the error was logged", "internal")
+    body = problem(500, "Internal error", GENERIC_SERVER_ERROR, "internal")
     return problem_response(body, 500)
 
 

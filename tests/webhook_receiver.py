@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from megasr.webhook_signature import verify
+from megasr.client import verify_webhook as verify
 
 # Where a test's receivers listen: settings must let loopback through the address check.
 LOOPBACK_NETWORKS = ["127.0.0.0/8"]
