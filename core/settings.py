@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # Object storage.
     storage_backend: Literal["local", "s3"] = "local"
     s3_bucket: str = "megasr"
+    s3_key_prefix: str = Field(
+        "", description="Folder of the bucket the service keeps its objects under."
+    )
     s3_endpoint_url: str | None = Field(None, description="None = AWS.")
     s3_public_endpoint_url: str | None = Field(
         None, description="Endpoint clients reach; presigned URLs are signed for it."
