@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(1000, ge=0, description="Queued jobs in all; 0 = off.")
     busy_retry_after_s: int = Field(5, gt=0, description="Retry-After when in flight or full.")
     cors_origins: list[str] = Field(default_factory=list)
+    hsts_max_age_s: int = Field(
+        0, ge=0, description="Strict-Transport-Security max-age on HTTPS answers; 0 = none."
+    )
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(8000, ge=0, le=65535)
     maintenance_interval_s: float = Field(30.0, gt=0, description="Registry cleanup period.")

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from megasr.errors import (
     AuthenticationError,
@@ -26,6 +27,7 @@ from megasr.errors import (
     ServiceUnavailableError,
 )
 from megasr.problems import PROBLEM_CONTENT_TYPE, problem, problem_from_error
+from megasr.service.security_headers import API_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +96,18 @@ async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+    """The client hung up mid-upload: nothing was stored, nobody reads the answer, and it is
+    no server error (a 400 in the metrics, not a 500)."""
+    log.info("client closed %s %s before its body ended", request.method, request.url.path)
+    body = problem(400, "Bad request", "the client closed the connection mid-request")
+    return problem_response(body, 400)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     body = problem(500, "Internal error", GENERIC_SERVER_ERROR, "internal")
-    return problem_response(body, 500)
+    return problem_response(body, 500, API_HEADERS)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -106,4 +116,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RedisConnectionError, _redis_down)
     app.add_exception_handler(RedisTimeoutError, _redis_down)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
