@@ -120,23 +120,23 @@ def _huge_metadata() -> list[Case]:
             "metadata-png-garbage-icc",
             save(Image.fromarray(PHOTO), "PNG", icc_profile=garbage_icc),
             "x.png",
-        ),  # noqa: E501
+        ),
         (
             "metadata-jpeg-garbage-icc",
             save(Image.fromarray(PHOTO), "JPEG", icc_profile=garbage_icc),
             "x.jpg",
-        ),  # noqa: E501
+        ),
         ("metadata-jpeg-60kb-exif", save(Image.fromarray(PHOTO), "JPEG", exif=huge_exif), "x.jpg"),
         (
             "metadata-jpeg-bad-orientation",
             save(Image.fromarray(PHOTO), "JPEG", exif=bytes(bad_orientation)),
             "x.jpg",
-        ),  # noqa: E501
+        ),
         (
             "metadata-png16-exif-icc",
             png16(DEEP, exif=exif_orientation(8), icc=garbage_icc[:2000]),
             "x.png",
-        ),  # noqa: E501
+        ),
     ]
 
 
