@@ -149,6 +149,9 @@ class WebhookOutbox:
     def pending(self) -> int:
         return int(self.connection.zcard(self.due_key))
 
+    def dead_count(self) -> int:
+        return int(self.connection.zcard(self.dead_key))
+
     def dead_letters(self) -> list[Delivery]:
         """The deliveries given up on within the retention, oldest first."""
         ids = [raw.decode() for raw in self.connection.zrange(self.dead_key, 0, -1)]

@@ -15,6 +15,7 @@ from megasr.service.durability import Durability
 from megasr.service.metrics import GatewayMetrics
 from megasr.settings import Settings
 from megasr.storage import Storage, create_storage
+from megasr.webhook_outbox import WebhookOutbox
 
 # A gateway command that takes longer than this means Redis is in trouble: answer 503.
 REDIS_SOCKET_TIMEOUT_S = 5.0
@@ -43,7 +44,7 @@ class Gateway:
             redis=redis,
             queue=queue,
             storage=storage,
-            metrics=GatewayMetrics(queue),
+            metrics=GatewayMetrics(queue, WebhookOutbox(redis, settings.queue_name)),
             api_keys=ApiKeys.from_settings(settings),
             notifier=JobNotifier.from_settings(settings, storage, redis),
             durability=Durability(settings.submit_fsync_timeout_ms),

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from service_support import KEY_A
 from webhook_receiver import LOOPBACK_NETWORKS, WebhookReceiver
 
@@ -311,3 +312,23 @@ def test_logs_name_the_receiver_but_never_its_path_or_query(dispatch, receivers,
 
     assert f"http://127.0.0.1:{receiver.port}" in caplog.text
     assert "receiver-secret-token" not in caplog.text and "/hook" not in caplog.text
+
+
+def test_the_gateway_drains_the_outbox_and_exports_its_state(gateway) -> None:
+    """A delivery any process queued is taken by the gateway's own dispatcher; the gauges
+    show it given up on (loopback is refused with this gateway's settings)."""
+    outbox = WebhookOutbox(gateway.redis, gateway.settings.queue_name)
+    queue_one(outbox, "http://127.0.0.1:9/hook")
+
+    def gauges() -> dict[str, float]:
+        text = gateway.http.get("/metrics").text
+        return {
+            family.name: family.samples[0].value
+            for family in text_string_to_metric_families(text)
+            if family.name.startswith("megasr_webhook")
+        }
+
+    wait_until(lambda: gauges().get("megasr_webhook_dead_letters") == 1, "the dead letter")
+    assert gauges() == {"megasr_webhooks_pending": 0, "megasr_webhook_dead_letters": 1}
+    (letter,) = outbox.dead_letters()
+    assert "loopback" in letter.last_error
