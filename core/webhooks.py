@@ -152,12 +152,18 @@ class WebhookDispatcher:
         self._pool.shutdown(wait=True)
 
     def _run(self) -> None:
+        unreachable = False
         while not self._stopped.is_set():
             try:
                 delay = self._dispatch_due()
             except Exception as exc:  # Redis away for a while: the outbox keeps everything
-                logger.warning("webhook outbox unreachable: %s", exc)
-                delay = POLL_S
+                if not unreachable:  # once per outage, not once a second
+                    logger.warning("webhook outbox unreachable: %s", exc)
+                unreachable, delay = True, POLL_S
+            else:
+                if unreachable:
+                    logger.info("webhook outbox reachable again")
+                unreachable = False
             self._wake.wait(delay)
             self._wake.clear()
 

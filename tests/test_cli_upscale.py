@@ -123,7 +123,9 @@ def test_bad_input_one_line_error_no_file(tmp_path: Path, content: bytes, messag
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_a_refused_image_is_not_counted_done_and_a_log_gets_no_bar(tmp_path: Path) -> None:
+def test_a_refused_image_is_not_counted_done_and_a_log_gets_no_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """On a terminal the bar stays at 0/1 for a refused image; into a log, no bar is drawn."""
     import fcntl
     import pty
@@ -132,7 +134,8 @@ def test_a_refused_image_is_not_counted_done_and_a_log_gets_no_bar(tmp_path: Pat
 
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"hello, I am text\n")
-    logged = run_cli("upscale", bad, "-o", tmp_path / "out")
+    status = main(["upscale", str(bad), "-o", str(tmp_path / "out")])  # stderr: not a TTY
+    logged = capsys.readouterr().err
     primary, secondary = pty.openpty()
     fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 cols
     command = [sys.executable, "-m", "megasr.cli.main", "upscale", str(bad), "-o", str(tmp_path)]
@@ -141,8 +144,8 @@ def test_a_refused_image_is_not_counted_done_and_a_log_gets_no_bar(tmp_path: Pat
         screen = _read_all(primary)
         process.wait(timeout=300)
 
-    assert logged.returncode == process.returncode == 1
-    assert logged.stderr.strip().splitlines() == [
+    assert status == process.returncode == 1
+    assert logged.strip().splitlines() == [
         f"megasr: error: {bad}: the data is not an image in a known format (or it is corrupt)"
     ]
     assert "0/1" in screen and "100%" not in screen and "1/1" not in screen

@@ -40,6 +40,7 @@ def stack(start_gateway, tmp_path):
         worker.stop()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:PIL.TiffImagePlugin")  # damaged TIFFs
 def test_the_hostile_corpus_gets_no_5xx_no_crash_no_hang(stack) -> None:
     gateway, worker = stack
     answers: dict[str, int] = {}
