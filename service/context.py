@@ -11,9 +11,11 @@ from rq import Queue
 from megasr.notifications import JobNotifier
 from megasr.queue import get_queue, redis_connection
 from megasr.service.auth import ApiKeys
+from megasr.service.durability import Durability
 from megasr.service.metrics import GatewayMetrics
 from megasr.settings import Settings
 from megasr.storage import Storage, create_storage
+from megasr.webhook_outbox import WebhookOutbox
 
 # A gateway command that takes longer than this means Redis is in trouble: answer 503.
 REDIS_SOCKET_TIMEOUT_S = 5.0
@@ -30,6 +32,7 @@ class Gateway:
     metrics: GatewayMetrics
     api_keys: ApiKeys
     notifier: JobNotifier  # webhooks of the jobs that end here, not in a worker
+    durability: Durability  # a 202 waits until its job is on Redis's disk
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
@@ -41,9 +44,10 @@ class Gateway:
             redis=redis,
             queue=queue,
             storage=storage,
-            metrics=GatewayMetrics(queue),
+            metrics=GatewayMetrics(queue, WebhookOutbox(redis, settings.queue_name)),
             api_keys=ApiKeys.from_settings(settings),
-            notifier=JobNotifier.from_settings(settings, storage),
+            notifier=JobNotifier.from_settings(settings, storage, redis),
+            durability=Durability(settings.submit_fsync_timeout_ms),
         )
 
     def close(self) -> None:

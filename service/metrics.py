@@ -16,6 +16,8 @@ from redis.exceptions import RedisError
 from rq import Queue
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from megasr.webhook_outbox import WebhookOutbox
+
 UNMATCHED_ROUTE = "unmatched"
 
 
@@ -37,8 +39,30 @@ class QueueDepthCollector(Collector):
         yield GaugeMetricFamily("megasr_queue_depth", "Jobs waiting in the queue.", value=depth)
 
 
+class WebhookOutboxCollector(Collector):
+    """``megasr_webhooks_pending`` and ``megasr_webhook_dead_letters``, read at scrape time."""
+
+    PENDING = ("megasr_webhooks_pending", "Webhook deliveries waiting in the outbox.")
+    DEAD = ("megasr_webhook_dead_letters", "Webhook deliveries given up on, still kept.")
+
+    def __init__(self, outbox: WebhookOutbox) -> None:
+        self.outbox = outbox
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(*self.PENDING)
+        yield GaugeMetricFamily(*self.DEAD)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            pending, dead = self.outbox.pending(), self.outbox.dead_count()
+        except RedisError:
+            return
+        yield GaugeMetricFamily(*self.PENDING, value=pending)
+        yield GaugeMetricFamily(*self.DEAD, value=dead)
+
+
 class GatewayMetrics:
-    def __init__(self, queue: Queue) -> None:
+    def __init__(self, queue: Queue, outbox: WebhookOutbox | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.http_requests = Counter(
             "megasr_http_requests",
@@ -59,6 +83,8 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(QueueDepthCollector(queue))
+        if outbox is not None:
+            self.registry.register(WebhookOutboxCollector(outbox))
 
 
 class MetricsMiddleware:

@@ -12,8 +12,9 @@ from redis import Redis
 from rq import Queue
 
 from megasr.loopback import free_port
-from megasr.service.metrics import GatewayMetrics, QueueDepthCollector
+from megasr.service.metrics import GatewayMetrics, QueueDepthCollector, WebhookOutboxCollector
 from megasr.settings import Settings
+from megasr.webhook_outbox import WebhookOutbox
 from megasr.worker.metrics import WorkerMetrics
 
 # Variables the page may name that are not settings: the settings file and the client CLI's.
@@ -76,7 +77,9 @@ def test_the_page_names_no_variable_the_code_lacks(page):
 def test_every_metric_is_listed_with_its_type(page):
     queue = Queue("docs", connection=Redis(port=free_port()))  # never connected: names only
     gateway = GatewayMetrics(queue)
+    outbox = WebhookOutbox(queue.connection, "docs")
     families = [*gateway.registry.collect(), *QueueDepthCollector(queue).describe()]
+    families += WebhookOutboxCollector(outbox).describe()
     families += WorkerMetrics().registry.collect()
     exposed = {
         family.name + ("_total" if family.type == "counter" else ""): family.type

@@ -32,7 +32,7 @@ from rq.command import send_stop_job_command
 from rq.job import Job, JobStatus
 from rq.registry import clean_registries
 from rq.utils import now
-from webhook_receiver import WebhookReceiver
+from webhook_receiver import LOOPBACK_NETWORKS, WebhookReceiver
 
 from megasr.cancellation import request_cancel
 from megasr.embedded_redis import EmbeddedRedis
@@ -141,6 +141,7 @@ class Cluster:
             MEGASR_WORKER_MAINTENANCE_INTERVAL_S="1",
             MEGASR_WEBHOOK_SECRET=SECRET,
             MEGASR_WEBHOOK_BACKOFF_S="0.05",
+            MEGASR_WEBHOOK_ALLOWED_NETWORKS=json.dumps(LOOPBACK_NETWORKS),
             MEGASR_TEST_HOLD=str(hold),
             MEGASR_CPU_THREADS="1",  # several workers share the machine's cores
         )

@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             except MegaSRError as error:
                 failures += 1
                 images.write(f"megasr: error: {job.source}: {error.detail}", file=sys.stderr)
+                continue  # the bar counts written images: a refused one is not done
             images.update(1)
     return 1 if failures else 0
 
@@ -211,6 +212,8 @@ def _read(path: Path, limits: ImageLimits) -> bytes:
 
 
 def _progress(total: int | None, unit: str, quiet: bool, leave: bool = True):
+    """A bar on stderr; none with --quiet or when stderr is no terminal (a log, a pipe)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=f" {unit}", disable=quiet, leave=leave, file=sys.stderr)
+    hidden = quiet or not sys.stderr.isatty()
+    return tqdm(total=total, unit=f" {unit}", disable=hidden, leave=leave, file=sys.stderr)
