@@ -11,14 +11,17 @@ import torch
 from megasr.model.megasr.adapter import is_adapter_key
 
 
-@pytest.fixture(scope="module")
-def bench(repo_root):
-    spec = importlib.util.spec_from_file_location(
-        "megasr_gpu", repo_root / "bench" / "megasr_gpu.py"
-    )
+def _bench_script(repo_root, name: str):
+    """A script of bench/ (not a package) imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, repo_root / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench(repo_root):
+    return _bench_script(repo_root, "megasr_gpu")
 
 
 def test_full_size_model_has_the_sd2_base_parameter_counts(bench):
@@ -45,12 +48,7 @@ def test_without_cuda_it_stops_at_once_with_a_clear_message(bench, monkeypatch, 
 
 @pytest.fixture(scope="module")
 def sampling_bench(repo_root):
-    spec = importlib.util.spec_from_file_location(
-        "megasr_sampling", repo_root / "bench" / "megasr_sampling.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _bench_script(repo_root, "megasr_sampling")
 
 
 def test_the_step_cache_saves_flops_of_the_full_size_model_after_the_first_step(sampling_bench):
