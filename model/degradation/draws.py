@@ -7,8 +7,19 @@ machine; only the noise fields themselves are drawn on the images' device.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
+
+
+def derived_generator(*entropy: int) -> torch.Generator:
+    """A CPU generator seeded from several integers (a seed, a step, an image's hash...).
+
+    NumPy's ``SeedSequence`` mixes them, so neighbouring keys (step 1 and step 2, seed 0
+    with step 1 and seed 1 with step 0) give unrelated streams.
+    """
+    state = np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(state[0]) & (2**63 - 1))
 
 
 def uniform(bounds: tuple[float, float], count: int, generator: torch.Generator) -> Tensor:

@@ -16,6 +16,7 @@ import torch
 
 from megasr.errors import InvalidParameterError
 from megasr.model.degradation import DegradationConfig, RealESRGANDegradation
+from megasr.model.degradation.draws import derived_generator
 from megasr.model.evaluation.matlab_bicubic import imresize
 
 DEGRADATIONS = ("bicubic", "realesrgan")
@@ -32,8 +33,7 @@ def degrade(hr: np.ndarray, kind: str, scale: int, seed: int, name: str) -> np.n
 
 def image_generator(seed: int, name: str) -> torch.Generator:
     """The random source of one image: the seed and the image's name, nothing else."""
-    state = np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(1, np.uint64)
-    return torch.Generator().manual_seed(int(state[0]) & (2**63 - 1))
+    return derived_generator(seed, zlib.crc32(name.encode()))
 
 
 def bicubic_downscale(hr: np.ndarray, scale: int) -> np.ndarray:
