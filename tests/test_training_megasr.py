@@ -18,7 +18,6 @@ from megasr.model.megasr.checkpoint import (
     WEIGHTS_FILE,
     checkpoint_info,
     init_tiny_checkpoint,
-    load_checkpoint,
 )
 from megasr.model.training.megasr_config import TrainConfig, read_train_config
 from megasr.model.training.megasr_trainer import MegaSRTrainer
@@ -176,11 +175,11 @@ sample_steps = 2
     model_dir = tmp_path / "run" / "model"
     info = checkpoint_info(model_dir)
     assert info.sources["trained_steps"] == "2" and info.trainable > 0
-    model = load_checkpoint(model_dir)
-    image = torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(0))
-    request = model.prepare(image, (64, 64), seed=0)
-    restored = model.pipeline().restore_one(request)
-    assert restored.shape == (3, 64, 64) and torch.isfinite(restored).all()
+    Image.open(photos / "0.png").crop((0, 0, 16, 16)).save(tmp_path / "lr.png")
+    upscale = ["upscale", str(tmp_path / "lr.png"), "-o", str(tmp_path / "sr"), "--engine",
+               "megasr", "--model", str(model_dir), "--steps", "2", "--quiet"]  # fmt: skip
+    assert main(upscale) == 0
+    assert Image.open(tmp_path / "sr" / "lr.png").size == (64, 64)
     tags = _tensorboard_tags(tmp_path / "run" / "logs")
     assert {"train/loss", "train/lr", "validation/loss"} <= tags["scalars"]
     assert "samples/0" in tags["images"]
