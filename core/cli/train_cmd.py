@@ -167,10 +167,12 @@ def _positive(text: str) -> int:
 def _distill(args: argparse.Namespace, student: Student, what: str) -> int:
     from megasr.model.config_files import read_config_file
     from megasr.model.degradation import DegradationConfig, RealESRGANDegradation
-    from megasr.model.device import resolve_device, resolve_dtype
+    from megasr.model.device import resolve_device, resolve_dtype, use_cpu_threads
     from megasr.model.training.data import CropOptions, TrainingCrops, find_images, load_held_out
     from megasr.model.training.distillation import DistillOptions, distill
+    from megasr.settings import get_settings
 
+    use_cpu_threads(get_settings().cpu_threads)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     config = DegradationConfig()
@@ -197,14 +199,12 @@ def _distill(args: argparse.Namespace, student: Student, what: str) -> int:
         student, crops, RealESRGANDegradation(config), options, device, dtype, held_out, args.quiet
     )
     student.save(args.out)
-    print(_report_text(report, options, args, len(held_out)))
+    print(_report_text(report, args, len(held_out)))
     print(f"wrote {args.out}")
     return 0
 
 
-def _report_text(
-    report: DistillReport, options: object, args: argparse.Namespace, held_out: int
-) -> str:
+def _report_text(report: DistillReport, args: argparse.Namespace, held_out: int) -> str:
     lines = [
         f"{report.steps} steps in {report.seconds / 60:.1f} min (batch {args.batch_size}, "
         f"{args.crop} px crops): loss {report.first_loss:.4f} -> {report.last_loss:.4f} "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,6 @@ from megasr.model.training.inputs import upscale_to
 
 ExtractorKind = Literal["hed", "depth", "seg"]
 EXTRACTOR_KINDS: tuple[ExtractorKind, ...] = ("hed", "depth", "seg")
-HED_ENCODER_PREFIX = "block"
 
 
 class HEDStudent(nn.Module):
@@ -46,8 +45,8 @@ class HEDStudent(nn.Module):
         super().__init__()
         self.teacher = copy.deepcopy(hed).eval().requires_grad_(False)
         self.student = hed.requires_grad_(False)
-        for name, param in hed.named_parameters():
-            param.requires_grad_(name.startswith(HED_ENCODER_PREFIX))
+        for param in hed.encoder_parameters():
+            param.requires_grad_(True)
 
     def loss(self, hr: Tensor, lr: Tensor) -> Tensor:
         with torch.no_grad():
@@ -72,63 +71,67 @@ class HEDStudent(nn.Module):
         save_hed(self.student, out)
 
 
-class DepthStudent(nn.Module):
-    """A depth model on the upscaled LR, taught by the same model on the HR."""
+class _TransformersStudent(nn.Module):
+    """A ``transformers`` extractor on the upscaled LR, taught by its frozen copy on the HR."""
 
-    def __init__(self, extractor: DepthExtractor) -> None:
+    def __init__(self, extractor: DepthExtractor | SegmentationExtractor) -> None:
         super().__init__()
         self.extractor = extractor
         self.teacher = copy.deepcopy(extractor.model).eval().requires_grad_(False)
         _train_encoder_only(extractor.model)
-
-    def loss(self, hr: Tensor, lr: Tensor) -> Tensor:
-        student, teacher = self._predictions(hr, lr)
-        return (_ssi(student) - _ssi(teacher)).abs().mean()
-
-    @torch.no_grad()
-    def distances(self, hr: Tensor, lr: Tensor) -> dict[str, float]:
-        student, teacher = self._predictions(hr, lr)
-        return {"ssi_l1": float((_ssi(student) - _ssi(teacher)).abs().mean())}
 
     def save(self, out: Path) -> None:
-        _save_transformers(self.extractor, out)
+        """A model folder that ``--depth`` / ``--seg`` of ``megasr model init`` load."""
 
-    def _predictions(self, hr: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
+        def fill(folder: Path) -> None:
+            self.extractor.model.save_pretrained(folder)
+            self.extractor.pixels.save_pretrained(folder)
+
+        replace_directory(out, fill)
+
+    def _outputs(self, hr: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
+        """The student's raw output on the LR and the teacher's on the HR, float32."""
         pixels, model = self.extractor.pixels, self.extractor.model
         with torch.no_grad():
-            teacher = self.teacher(pixel_values=pixels(hr, model.dtype)).predicted_depth
-        student = model(pixel_values=pixels(upscale_to(lr, hr), model.dtype)).predicted_depth
+            teacher = self._raw(self.teacher(pixel_values=pixels(hr, model.dtype)))
+        student = self._raw(model(pixel_values=pixels(upscale_to(lr, hr), model.dtype)))
         return student.float(), teacher.float()
 
+    @staticmethod
+    def _raw(output: Any) -> Tensor:
+        raise NotImplementedError
 
-class SegmentationStudent(nn.Module):
-    """A segmentation model on the upscaled LR, taught by the same model on the HR."""
 
-    def __init__(self, extractor: SegmentationExtractor) -> None:
-        super().__init__()
-        self.extractor = extractor
-        self.teacher = copy.deepcopy(extractor.model).eval().requires_grad_(False)
-        _train_encoder_only(extractor.model)
+class DepthStudent(_TransformersStudent):
+    """Depth: scale-and-shift-invariant L1 between the relative depth maps."""
 
     def loss(self, hr: Tensor, lr: Tensor) -> Tensor:
-        student, teacher = self._logits(hr, lr)
-        return _kl(student, teacher)
+        return _ssi_l1(*self._outputs(hr, lr))
 
     @torch.no_grad()
     def distances(self, hr: Tensor, lr: Tensor) -> dict[str, float]:
-        student, teacher = self._logits(hr, lr)
+        return {"ssi_l1": float(_ssi_l1(*self._outputs(hr, lr)))}
+
+    @staticmethod
+    def _raw(output: Any) -> Tensor:
+        return output.predicted_depth
+
+
+class SegmentationStudent(_TransformersStudent):
+    """Segmentation: KL divergence between the class probabilities."""
+
+    def loss(self, hr: Tensor, lr: Tensor) -> Tensor:
+        return _kl(*self._outputs(hr, lr))
+
+    @torch.no_grad()
+    def distances(self, hr: Tensor, lr: Tensor) -> dict[str, float]:
+        student, teacher = self._outputs(hr, lr)
         agreement = (student.argmax(1) == teacher.argmax(1)).float().mean()
         return {"kl": float(_kl(student, teacher)), "agreement": float(agreement)}
 
-    def save(self, out: Path) -> None:
-        _save_transformers(self.extractor, out)
-
-    def _logits(self, hr: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
-        pixels, model = self.extractor.pixels, self.extractor.model
-        with torch.no_grad():
-            teacher = self.teacher(pixel_values=pixels(hr, model.dtype)).logits
-        student = model(pixel_values=pixels(upscale_to(lr, hr), model.dtype)).logits
-        return student.float(), teacher.float()
+    @staticmethod
+    def _raw(output: Any) -> Tensor:
+        return output.logits
 
 
 ExtractorStudent = HEDStudent | DepthStudent | SegmentationStudent
@@ -164,8 +167,13 @@ def _train_encoder_only(model: nn.Module) -> None:
     encoder_of(model).requires_grad_(True)
 
 
+def _ssi_l1(student: Tensor, teacher: Tensor) -> Tensor:
+    """Mean |difference| of the maps (B, h, w) after each is centred on its median and
+    divided by its mean absolute deviation (MiDaS's scale-and-shift-invariant L1)."""
+    return (_ssi(student) - _ssi(teacher)).abs().mean()
+
+
 def _ssi(depth: Tensor) -> Tensor:
-    """Each map (B, h, w) centred on its median, scaled by its mean absolute deviation."""
     flat = depth.flatten(1)
     centred = flat - flat.median(dim=1, keepdim=True).values
     return centred / centred.abs().mean(dim=1, keepdim=True).clamp_min(1e-6)
@@ -176,13 +184,3 @@ def _kl(student: Tensor, teacher: Tensor) -> Tensor:
     log_student = F.log_softmax(student, dim=1)
     log_teacher = F.log_softmax(teacher, dim=1)
     return (log_teacher.exp() * (log_teacher - log_student)).sum(1).mean()
-
-
-def _save_transformers(extractor: DepthExtractor | SegmentationExtractor, out: Path) -> None:
-    """A model folder that ``--depth`` / ``--seg`` of ``megasr model init`` load."""
-
-    def fill(folder: Path) -> None:
-        extractor.model.save_pretrained(folder)
-        extractor.pixels.save_pretrained(folder)
-
-    replace_directory(out, fill)
