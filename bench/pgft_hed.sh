@@ -9,5 +9,5 @@ out=${1:-runs/pgft-hed}
 python "$(dirname "$0")/pgft_photos.py" "$out/photos"
 megasr train pgft-extractor --extractor hed \
     --data "$out/photos/train" --val-data "$out/photos/held-out" \
-    --steps 600 --batch-size 4 --crop 192 --lr 5e-5 --seed 0 \
+    --steps 500 --batch-size 4 --crop 192 --lr 5e-5 --seed 0 \
     --out "$out/hed-pgft.safetensors"

@@ -93,7 +93,7 @@ def distill(
     )
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     pairs = _held_out_pairs(held_out, degradation, options, device)
-    before = _measure(student, pairs, device, dtype)
+    before = _measure(student, pairs, device, dtype, "held-out before", quiet)
     loader = DataLoader(
         crops,
         batch_size=options.batch_size,
@@ -129,7 +129,7 @@ def distill(
         first_loss=sum(losses[:window]) / window,
         last_loss=sum(losses[-window:]) / window,
         before=before,
-        after=_measure(student, pairs, device, dtype),
+        after=_measure(student, pairs, device, dtype, "held-out after", quiet),
         skipped=skipped,
     )
 
@@ -150,11 +150,17 @@ def _held_out_pairs(
 
 
 def _measure(
-    student: Student, pairs: list[tuple[Tensor, Tensor]], device: torch.device, dtype: torch.dtype
+    student: Student,
+    pairs: list[tuple[Tensor, Tensor]],
+    device: torch.device,
+    dtype: torch.dtype,
+    label: str,
+    quiet: bool,
 ) -> dict[str, float]:
     """Mean of each distance over the held-out images (none: an empty dict)."""
     totals: dict[str, float] = {}
-    for hr, lr in pairs:
+    shown = tqdm(pairs, desc=label, unit="image", disable=quiet or not pairs, file=sys.stderr)
+    for hr, lr in shown:
         with _autocast(device, dtype):
             for name, value in student.distances(hr, lr).items():
                 totals[name] = totals.get(name, 0.0) + value
