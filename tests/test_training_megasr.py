@@ -115,11 +115,13 @@ def test_only_the_trainable_parameters_change(checkpoint, photos, tmp_path):
 
 
 def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(checkpoint, photos, tmp_path):
-    straight = MegaSRTrainer(_config(checkpoint, photos, tmp_path / "straight", max_steps=4))
+    """With gradient accumulation and an EMA, whose states must come back too."""
+    run = {"batch_size": 1, "gradient_accumulation": 2, "ema_decay": 0.9}
+    straight = MegaSRTrainer(_config(checkpoint, photos, tmp_path / "straight", max_steps=4, **run))
     straight.run(quiet=True)
-    first = MegaSRTrainer(_config(checkpoint, photos, tmp_path / "resumed", max_steps=2))
+    first = MegaSRTrainer(_config(checkpoint, photos, tmp_path / "resumed", max_steps=2, **run))
     first.run(quiet=True)
-    resumed = MegaSRTrainer(_config(checkpoint, photos, tmp_path / "resumed", max_steps=4))
+    resumed = MegaSRTrainer(_config(checkpoint, photos, tmp_path / "resumed", max_steps=4, **run))
     summary = resumed.run(quiet=True)
     assert (summary.first_step, summary.last_step) == (2, 4)
     expected = _trained_weights(tmp_path / "straight" / "model")
