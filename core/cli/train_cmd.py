@@ -130,9 +130,12 @@ def run_pgft_clip(args: argparse.Namespace) -> int:
 
 
 def run_megasr(args: argparse.Namespace) -> int:
+    from megasr.model.device import use_cpu_threads
     from megasr.model.training.megasr_config import read_train_config
     from megasr.model.training.megasr_trainer import MegaSRTrainer
+    from megasr.settings import get_settings
 
+    use_cpu_threads(get_settings().cpu_threads)
     config = read_train_config(args.config)
     training = {"output_dir": args.out, "max_steps": args.max_steps}
     training = {key: value for key, value in training.items() if value is not None}
@@ -191,6 +194,7 @@ def _distill(args: argparse.Namespace, student: Student, what: str) -> int:
         find_images(args.data), CropOptions(crop=args.crop, scale=config.scale, seed=args.seed)
     )
     crops.first_readable()
+    _writable_parent(args.out)
     held_out, unreadable = load_held_out(args.val_data)
     for line in unreadable:
         print(f"megasr train: skipped held-out {line}", file=sys.stderr)
@@ -221,6 +225,14 @@ def _report_text(report: DistillReport, args: argparse.Namespace, held_out: int)
         for name, before in report.before.items():
             lines.append(f"  {name:<12}{before:>10.4f}{report.after[name]:>10.4f}")
     return "\n".join(lines)
+
+
+def _writable_parent(out: Path) -> None:
+    """Fail before the training, not after it, when the output cannot be written."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InvalidParameterError(f"{out}: cannot write there: {error.strerror}") from error
 
 
 def _status(message: str, quiet: bool) -> None:
