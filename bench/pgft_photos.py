@@ -3,8 +3,8 @@
 Every file ships in a package the project's CI already installs: scikit-image (the dev
 extra) and Debian's ``opencv-doc`` (``.ci/run`` installs it). Natural photographs only (and
 two paintings among the training images); charts, logos, text and synthetic scenes are
-left out. ``held-out/`` is never trained on; the stereo and sequence partners of held-out
-images are left out of ``train/`` too, so nothing of a held-out scene leaks in.
+left out. ``held-out/`` is never trained on, and no held-out scene appears in ``train/``; of
+stereo pairs and image sequences only one view is used.
 
     .venv/bin/python bench/pgft_photos.py OUT_DIR
 """
