@@ -37,7 +37,7 @@ def main() -> None:
         panels.append(("HR (ground truth)", _read(hr)))
     crops = [(label, pixels[top : top + side, left : left + side]) for label, pixels in panels]
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    _compose(crops, side).save(args.output, optimize=True)
+    compose(crops, side).save(args.output, optimize=True)
     print(f"wrote {args.output} ({args.output.stat().st_size // 1024} KiB)")
 
 
@@ -50,7 +50,7 @@ def _lr_panel(saved: Path, image: str, scale: int) -> np.ndarray:
     return lr.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
-def _compose(crops: list[tuple[str, np.ndarray]], side: int) -> Image.Image:
+def compose(crops: list[tuple[str, np.ndarray]], side: int) -> Image.Image:
     width = len(crops) * side + (len(crops) - 1) * GAP
     sheet = Image.new("RGB", (width, side + LABEL_HEIGHT), "white")
     draw = ImageDraw.Draw(sheet)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -26,3 +28,24 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_directory(path: Path, fill: Callable[[Path], None]) -> None:
+    """Make ``path`` a folder written by ``fill`` (given an empty folder), all or nothing.
+
+    ``fill`` writes into a temporary sibling; only when it returns is the sibling renamed to
+    ``path`` (a previous folder there is moved aside first and removed after). A failure
+    leaves any previous ``path`` as it was and no temporary folder behind.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+    old = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

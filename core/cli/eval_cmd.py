@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from megasr.cli.upscale_cmd import IMAGE_SUFFIXES
 from megasr.errors import InvalidParameterError
 from megasr.files import write_atomic
+from megasr.imaging.image import IMAGE_SUFFIXES
 from megasr.settings import Settings
 
 if TYPE_CHECKING:

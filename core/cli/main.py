@@ -17,6 +17,7 @@ from megasr.cli import (
     eval_cmd,
     model_cmd,
     serve_cmd,
+    train_cmd,
     upscale_cmd,
     worker_cmd,
 )
@@ -32,7 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"megasr {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (upscale_cmd, serve_cmd, worker_cmd, client_cmd, model_cmd, eval_cmd, bench_cmd):
+    for module in (
+        upscale_cmd,
+        serve_cmd,
+        worker_cmd,
+        client_cmd,
+        model_cmd,
+        train_cmd,
+        eval_cmd,
+        bench_cmd,
+    ):
         module.add_parser(commands)
     return parser
 

@@ -12,17 +12,13 @@ from megasr.cli.upscale_arguments import add_diffusion_arguments, add_size_argum
 from megasr.errors import ImageTooLargeError, InvalidParameterError, MegaSRError
 from megasr.files import write_atomic
 from megasr.imaging.encode import OUTPUT_FORMATS, default_output_format, normalize_format
-from megasr.imaging.image import ImageLimits
+from megasr.imaging.image import IMAGE_SUFFIXES, ImageLimits
 from megasr.imaging.sizing import OutputSize
 from megasr.settings import Settings
 
 if TYPE_CHECKING:
     from megasr.model.engines.base import GenerationOptions
     from megasr.model.upscaler import Upscaler
-
-IMAGE_SUFFIXES = {
-    ".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".heic", ".heif", ".avif"
-}  # fmt: skip
 
 
 @dataclass(frozen=True)

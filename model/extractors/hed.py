@@ -67,6 +67,18 @@ class HEDNet(nn.Module):
             sides.append(side)
         return self.fuse(torch.cat(sides, dim=1))
 
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The VGG trunk (blocks 1-5); the side outputs and ``fuse`` are the head.
+
+        Prior-guided fine-tuning trains the trunk and keeps the head, so the edge maps keep
+        the calibration the rest of MegaSR was built on.
+        """
+        return [
+            p
+            for i in range(1, len(self.widths) + 1)
+            for p in getattr(self, f"block{i}").parameters()
+        ]
+
     def edges(self, images: Tensor) -> Tensor:
         """Edge probabilities (B, 1, H, W) in [0, 1] of RGB images in [0, 1]."""
         return torch.sigmoid(self(caffe_input(images)))
