@@ -36,7 +36,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,14 +83,12 @@ class Call:
 
 @dataclass
 class Contender:
-    """One path's results: its cold start(s), then a warm call per image size."""
+    """One path: how it upscales, and its cold start."""
 
     name: str
     precision: str
     upscale: Upscale
-    colds: dict[str, Call] = field(default_factory=dict)
-    warm: dict[int, Call] = field(default_factory=dict)
-    agreement: dict[int, tuple[float, int] | None] = field(default_factory=dict)
+    cold: Call
 
 
 class TileFunction(Engine):
@@ -116,6 +114,8 @@ class TileFunction(Engine):
 
 
 def main() -> None:
+    """Cold starts, then each image with the paths taking turns; each table row is printed
+    as soon as it is measured, so a run cut short still reports what it finished."""
     args = parse_args()
     sizes, peer_sizes = args.sizes, [s for s in args.sizes if s in args.peer_sizes]
     images = {side: photograph(side) for side in sizes}
@@ -123,24 +123,47 @@ def main() -> None:
     # An empty compile cache, so the first cold start is the worst case.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="megasr-inductor-")
     settings = Settings(cache_dir=cache_dir, tile=DEFAULT_TILE)
-    print(machine_lines(load_average()))
+    print(machine_lines(load_average()), flush=True)
     first = images[sizes[0]]
     paths, skipped = cold_starts(settings, first)
+    print(TABLE_HEADER)
+    for path in paths:
+        print(row(path, f"{sizes[0]} px, cold", path.cold, None, None, None), flush=True)
     for side in sizes:
-        expected = None  # the reference's output, which runs first
-        for path in paths:
-            if path.name != BEST and side not in peer_sizes:
-                continue
-            path.warm[side], output = timed(path.upscale, images[side])
-            if path.name == REFERENCE:
-                expected = output
-            path.agreement[side] = agreement(output, expected)
-            print(f"  {path.name}: {side} px in {path.warm[side].seconds:.1f} s", flush=True)
+        warm_turns(paths, side, images[side], side in peer_sizes)
     best = next(p for p in paths if p.name == BEST)
     del best.upscale
-    best.colds["cold, cached"] = cached_cold_start(settings, first)
-    print(report(paths, sizes, skipped))
+    cached = cached_cold_start(settings, first)
+    print(row(best, f"{sizes[0]} px, cold, cached", cached, None, None, None))
+    print("".join(f"\nSkipped: {reason}" for reason in skipped))
     print(f"\nLoad average (1, 5, 15 min) after: {load_average()}")
+
+
+def warm_turns(paths: list[Contender], side: int, image: np.ndarray, peers: bool) -> None:
+    """Every path (only the best one unless ``peers``) on ``image``, in turn, with ratios
+    against the reference and ncnn and agreement with the reference's output."""
+    taking_part = [p for p in paths if peers or p.name == BEST]
+    expected = None  # the reference's output: it runs first
+    calls: dict[str, Call] = {}
+    found: dict[str, tuple[float, int] | None] = {}
+    for path in taking_part:
+        calls[path.name], output = timed(path.upscale, image)
+        if path.name == REFERENCE:
+            expected = output
+        found[path.name] = agreement(output, expected)
+    for path in taking_part:
+        label = f"{side} px, warm"
+        print(
+            row(
+                path,
+                label,
+                calls[path.name],
+                calls.get(REFERENCE),
+                calls.get(NCNN),
+                found[path.name],
+            ),
+            flush=True,
+        )
 
 
 def parse_args() -> argparse.Namespace:
@@ -200,9 +223,8 @@ def cold_start(
         upscale, built_precision = build()
         upscale(image)
         seconds = time.perf_counter() - start
-    path = Contender(name, precision or built_precision, upscale)
-    path.colds["cold"] = Call(seconds, _mib(peak.bytes), image.shape[0] * 4)
-    return path, path.colds["cold"]
+    cold = Call(seconds, _mib(peak.bytes), image.shape[0] * 4)
+    return Contender(name, precision or built_precision, upscale, cold), cold
 
 
 def cached_cold_start(settings: Settings, image: np.ndarray) -> Call:
@@ -276,27 +298,11 @@ def machine_lines(load_before: str) -> str:
     )
 
 
-def report(paths: list[Contender], sizes: list[int], skipped: list[str]) -> str:
-    reference = next((p for p in paths if p.name == REFERENCE), None)
-    ncnn = next((p for p in paths if p.name == NCNN), None)
-    lines = [
-        "",
-        "| path | precision | image | seconds | output MP/s | peak MiB | vs float32 | vs ncnn "
-        "| PSNR vs float32 (dB) | max diff (8-bit levels) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for path in paths:
-        for label, call in path.colds.items():
-            lines.append(row(path, f"{sizes[0]} px, {label}", call, None, None, None))
-        for side in sizes:
-            if side in path.warm:
-                base = reference.warm.get(side) if reference else None
-                peer = ncnn.warm.get(side) if ncnn else None
-                lines.append(
-                    row(path, f"{side} px, warm", path.warm[side], base, peer, path.agreement)
-                )
-    lines += [f"\nSkipped: {reason}" for reason in skipped]
-    return "\n".join(lines)
+TABLE_HEADER = (
+    "\n| path | precision | image | seconds | output MP/s | peak MiB | vs float32 | vs ncnn "
+    "| PSNR vs float32 (dB) | max diff (8-bit levels) |\n"
+    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+)
 
 
 def row(
@@ -305,15 +311,14 @@ def row(
     call: Call,
     reference: Call | None,
     ncnn: Call | None,
-    agreement: dict[int, tuple[float, int] | None] | None,
+    measured: tuple[float, int] | None,
 ) -> str:
     def ratio(other: Call | None) -> str:
         return "" if other is None else f"{other.seconds / call.seconds:.2f}x"
 
     quality = ["", ""]
-    side = call.output_side // 4
-    if agreement and agreement.get(side) is not None:
-        value, levels = agreement[side]
+    if measured is not None:
+        value, levels = measured
         quality = ["reference" if math.isinf(value) else f"{value:.1f}", str(levels)]
     peak = "" if call.peak_mib is None else f"{call.peak_mib:.0f}"
     cells = [

@@ -8,9 +8,9 @@ The settings speak in names ("auto", "cpu", "cuda"; "auto", "float32", ...); eng
   of a deep residual network can. float16 on older cards.
 - CPU: bfloat16 only where the CPU has bfloat16 instructions (AVX512-BF16 or AMX) and
   PyTorch has oneDNN to use them; elsewhere oneDNN emulates bfloat16, which gains little
-  or nothing over float32 and costs precision, so float32 it is. On this project's 2-core
-  AMD EPYC (Zen 4, AVX512-BF16), bfloat16 autocast with channels-last runs the default
-  engine 2.2-2.5x faster than float32 (docs/benchmarks.md).
+  or nothing over float32 and costs precision, so float32 it is. Eager bfloat16 with
+  channels-last ran the default engine 2.1-2.5x faster than float32 on a 2-core AMD EPYC
+  (Zen 4, AVX512-BF16) and about 4x faster on a 2-core Xeon with AMX (docs/benchmarks.md).
 """
 
 from __future__ import annotations
