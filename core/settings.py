@@ -28,6 +28,7 @@ from megasr.errors import InvalidParameterError
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
+Backend = Literal["auto", "eager", "inductor"]
 
 
 def _default_cache_dir() -> Path:
@@ -62,7 +63,16 @@ class Settings(BaseSettings):
         description="Engine tile side in pixels (megasr: latent tile, output px); 0 = default.",
     )
     cpu_threads: int = Field(
-        0, ge=0, description="Threads an engine computes with on the CPU; 0 = one per core."
+        0,
+        ge=0,
+        description="Threads an engine computes with on the CPU; 0 = one per usable core.",
+    )
+    backend: Backend = Field(
+        "auto",
+        description=(
+            "How realesrgan-x4plus runs its network: eager PyTorch, or compiled by "
+            "torch.compile's inductor; auto = inductor on the CPU where it can compile."
+        ),
     )
 
     # Quality metrics.

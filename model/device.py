@@ -8,12 +8,15 @@ The settings speak in names ("auto", "cpu", "cuda"; "auto", "float32", ...); eng
   of a deep residual network can. float16 on older cards.
 - CPU: bfloat16 only where the CPU has bfloat16 instructions (AVX512-BF16 or AMX) and
   PyTorch has oneDNN to use them; elsewhere oneDNN emulates bfloat16, which gains little
-  or nothing over float32 and costs precision, so float32 it is. On this project's 2-core
-  AMD EPYC (Zen 4, AVX512-BF16), bfloat16 autocast with channels-last runs the default
-  engine 2.2-2.5x faster than float32 (docs/benchmarks.md).
+  or nothing over float32 and costs precision, so float32 it is. Eager bfloat16 with
+  channels-last ran the default engine 2.1-2.5x faster than float32 on a 2-core AMD EPYC
+  (Zen 4, AVX512-BF16) and about 4x faster on a 2-core Xeon with AMX (docs/benchmarks.md).
 """
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 import torch
 
@@ -21,6 +24,10 @@ from megasr.errors import EngineError
 from megasr.settings import Settings
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# PyTorch's own count before anyone changed it: one per physical core this process may run
+# on (OMP_NUM_THREADS, where set). It knows nothing of a container's CPU quota.
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -43,15 +50,48 @@ def engine_placement(settings: Settings) -> tuple[torch.device, torch.dtype | No
 
 
 def use_cpu_threads(count: int) -> None:
-    """Compute on ``count`` CPU threads (0 keeps PyTorch's default, one per core).
+    """Compute on ``count`` CPU threads (0: :func:`usable_cpu_threads`).
 
     PyTorch's OpenMP threads spin at every barrier. On cores another busy process shares (a
     CPU worker beside its gateway, two workers on one host), that spinning made a 128 px
     bfloat16 tile take 21.4 s instead of 4.5 s with one thread (docs/benchmarks.md), so a
     process that shares its cores should be given its own share of them.
     """
-    if count:
-        torch.set_num_threads(count)
+    torch.set_num_threads(count or usable_cpu_threads())
+
+
+def usable_cpu_threads(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """One thread per physical core this process may use, at most its cgroup's CPU quota.
+
+    A container limited to 2 CPUs on a 64-core host sees 64 cores; PyTorch would start 64
+    threads that the quota then throttles, each barrier waiting on a descheduled thread.
+    """
+    quota = cgroup_cpu_quota(cgroup_root)
+    if quota is None:
+        return _TORCH_DEFAULT_THREADS
+    return max(1, min(_TORCH_DEFAULT_THREADS, math.ceil(quota)))
+
+
+def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """CPUs' worth of time this process's cgroup may use, or None when it is unlimited.
+
+    Reads cgroup v2 (``cpu.max``: "quota period" or "max period"), else v1
+    (``cpu/cpu.cfs_quota_us`` and ``cpu.cfs_period_us``, -1 for no limit).
+    """
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1"):
+        return None
+    try:
+        return int(quota) / int(period)
+    except (ValueError, ZeroDivisionError):
+        return None
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

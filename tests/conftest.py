@@ -36,6 +36,14 @@ def megasr_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def eager_backend() -> None:
+    """Engines run eager unless a test asks for another backend: ``auto`` would compile the
+    full x4plus network with inductor in every process that loads it, tens of seconds each.
+    The backends are tested on their own (tests/test_backends.py), on a tiny network."""
+    os.environ.setdefault("MEGASR_BACKEND", "eager")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module of tiny-tensor tests: they gain nothing from a second,

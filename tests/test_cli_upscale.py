@@ -255,3 +255,21 @@ def test_diffusion_options_leave_the_gan_engine_alone(degraded: Path, tmp_path: 
     flags = ["--prompt", "x", "--steps", "2", "--seed", "5", "--color-fix", "none"]
     assert main(["upscale", str(small), "-o", str(optioned), "--quiet", *flags]) == 0
     assert plain.read_bytes() == optioned.read_bytes()
+
+
+def test_inductor_without_a_compiler_falls_back_with_a_message(
+    coffee: np.ndarray, tmp_path: Path
+) -> None:
+    """A machine without g++ (a PATH where inductor finds none) still gets its image, eager,
+    and one line saying why; nothing is compiled, so this runs at eager speed."""
+    source = tmp_path / "small.png"
+    Image.fromarray(coffee[200:232, 300:332]).save(source)
+    env = {**os.environ, "PATH": str(tmp_path / "no-compilers-here"), "MEGASR_BACKEND": "eager"}
+    command = [sys.executable, "-m", "megasr.cli.main", "upscale", str(source), "-o"]
+    command += [str(tmp_path / "out.png"), "--backend", "inductor", "--tile", "32", "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert "backend inductor unavailable, running eager: " in result.stderr
+    assert "C++ compiler" in result.stderr
+    assert Image.open(tmp_path / "out.png").size == (128, 128)

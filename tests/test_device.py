@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,12 @@ import torch
 
 from megasr.errors import EngineError
 from megasr.model.device import (
+    cgroup_cpu_quota,
     cpu_has_native_bf16,
     fast_dtype,
     resolve_device,
     resolve_dtype,
+    usable_cpu_threads,
     use_cpu_threads,
 )
 from megasr.model.engines.registry import load_engine
@@ -71,11 +74,40 @@ def many_threads():
 
 
 @pytest.mark.usefixtures("many_threads")
-def test_cpu_threads_limit_and_zero_keeps_the_count() -> None:
-    use_cpu_threads(0)
-    assert torch.get_num_threads() == 3
+def test_cpu_threads_limit_and_zero_is_the_usable_count() -> None:
     use_cpu_threads(1)
     assert torch.get_num_threads() == 1
+    use_cpu_threads(0)
+    assert torch.get_num_threads() == usable_cpu_threads()
+    assert 1 <= usable_cpu_threads() <= len(os.sched_getaffinity(0))
+
+
+def write_cgroup(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2, a limit of 1.5 CPUs
+        ({"cpu.max": "max 100000\n"}, None),  # v2, unlimited
+        ({"cpu/cpu.cfs_quota_us": "100000", "cpu/cpu.cfs_period_us": "100000"}, 1.0),  # v1
+        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+        ({}, None),  # no cgroup files: not Linux, or not mounted
+    ],
+)
+def test_cgroup_cpu_quota(tmp_path: Path, files: dict[str, str], quota: float | None) -> None:
+    assert cgroup_cpu_quota(write_cgroup(tmp_path, files)) == quota
+
+
+def test_a_cpu_quota_caps_the_thread_count(tmp_path: Path) -> None:
+    root = write_cgroup(tmp_path, {"cpu.max": "50000 100000"})  # half a CPU: one thread
+    assert usable_cpu_threads(root) == 1
+    unlimited = write_cgroup(tmp_path / "none", {"cpu.max": "max 100000"})
+    assert usable_cpu_threads(unlimited) >= usable_cpu_threads(root)
 
 
 @pytest.mark.usefixtures("many_threads")

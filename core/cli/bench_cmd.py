@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import get_args
 
 from megasr.errors import InvalidParameterError
 from megasr.files import write_atomic
-from megasr.settings import Settings
+from megasr.settings import Backend, Settings
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -50,6 +51,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="photo to cut the tile from (default: a test pattern)",
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--backend",
+        default=None,
+        choices=get_args(Backend),
+        help="how realesrgan-x4plus runs (default: the setting, auto)",
+    )
     parser.add_argument("--format", choices=("md", "json"), default="md", dest="table_format")
     parser.add_argument(
         "-o", "--output", type=Path, default=None, help="report file (default: stdout)"
@@ -66,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from megasr.model.engines.registry import resolve_engine_name
     from megasr.model.evaluation.dataset import read_rgb8
 
-    settings = Settings(**({} if args.model is None else {"megasr_model": args.model}))
+    settings = Settings.with_overrides(megasr_model=args.model, backend=args.backend)
     config = BenchConfig(
         engines=list(
             dict.fromkeys(resolve_engine_name(e, settings) for e in args.engines or ["auto"])

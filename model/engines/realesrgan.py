@@ -7,13 +7,16 @@ the project's own RRDBNet and cached as safetensors.
 Numerics: every tile is reflect-padded by 10 pixels on each side before the network and
 cropped after, as the ncnn wrapper does; with that the float32 output matches the ncnn
 runtime to rounding, and the network sees mirrored content instead of zeros at tile edges.
-The fast path is autocast to the device's fast dtype (:mod:`megasr.model.device`) with
-channels-last tensors. A batch whose output holds NaN or Inf is run again in float32 and
-counted in :attr:`RealESRGANEngine.nan_retries`.
+The fast path is the device's fast dtype (:mod:`megasr.model.device`) with channels-last
+tensors, run by the backend the settings pick (:mod:`megasr.model.engines.backends`): eager
+PyTorch under autocast, or inductor on a copy of the network in that dtype. A batch whose
+output holds NaN or Inf is run again in eager float32 and counted in
+:attr:`RealESRGANEngine.nan_retries`.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.resources
 from pathlib import Path
 from typing import ClassVar
@@ -23,6 +26,12 @@ import torch.nn.functional as F
 
 from megasr.errors import EngineError
 from megasr.model.device import fast_dtype
+from megasr.model.engines.backends import (
+    FallbackForward,
+    compile_forward,
+    resolve_backend,
+    use_compile_cache,
+)
 from megasr.model.engines.base import TileEngine, TileSpec
 from megasr.model.nets.rrdbnet import RRDBNet
 from megasr.model.weights.cache import cached_state_dict
@@ -79,24 +88,66 @@ class RealESRGANEngine(TileEngine):
     native_scale: ClassVar[int] = 4
 
     def __init__(self, settings: Settings, channels_last: bool = True) -> None:
-        """``settings.tile`` (0 = 192) sets the tile side; ``channels_last`` is for benchmarks."""
+        """``settings.tile`` (0 = 192) sets the tile side, ``settings.backend`` how the
+        network runs; ``channels_last`` is for benchmarks."""
         tile = settings.tile or DEFAULT_TILE
         self._cache_dir = settings.cache_dir
         self._tile_spec = TileSpec(size=tile, overlap=min(DEFAULT_OVERLAP, tile // 4))
         self._channels_last = channels_last
+        self._backend_setting = settings.backend
         self._net: RRDBNet | None = None
+        self._compiled: FallbackForward | None = None
+        self._compiled_dtype = torch.float32
         self._device = torch.device("cpu")
         self.dtype = torch.float32
+        self.backend = "eager"
         self.nan_retries = 0
 
     def load(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
-        net = RRDBNet()
-        net.load_state_dict(load_state_dict(self._cache_dir))
+        net = self._load_network()
         net.eval().requires_grad_(False).to(device)
         if self._channels_last:
             net.to(memory_format=torch.channels_last)
         self._net, self._device = net, device
         self.dtype = dtype or fast_dtype(device)
+        self.backend = resolve_backend(self._backend_setting, device)
+        self._compiled = self._compile(net) if self.backend == "inductor" else None
+        self._compiled_dtype = self.dtype
+
+    def _load_network(self) -> RRDBNet:
+        """The x4plus network with its weights (tests override it with a tiny one)."""
+        net = RRDBNet()
+        net.load_state_dict(load_state_dict(self._cache_dir))
+        return net
+
+    def _compile(self, net: RRDBNet) -> FallbackForward:
+        """Inductor on a copy of ``net`` in the engine's dtype (weights cast once, not on
+        every call as autocast does), falling back to the eager forward.
+
+        On the CPU the compiled network takes one tile at a time: a batch gains nothing
+        there (docs/benchmarks.md), and one shape per tile size means one compile, where
+        every new batch size would cost another.
+        """
+        use_compile_cache(self._cache_dir)
+        dtype = self.dtype
+        lowp = net if dtype == torch.float32 else copy.deepcopy(net).to(dtype)
+        compiled = compile_forward(lambda x: lowp(x.to(dtype)).float())
+        per_tile = self._device.type == "cpu"
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if per_tile and len(x) > 1:
+                return torch.cat([compiled(tile[None]) for tile in x])
+            return compiled(x)
+
+        def eager(x: torch.Tensor) -> torch.Tensor:
+            return self._eager_forward(net, x, dtype)
+
+        return FallbackForward(forward, eager)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the fast path runs compiled (False: eager, or fallen back to it)."""
+        return self._compiled is not None and self._compiled.compiled
 
     @property
     def tile_spec(self) -> TileSpec:
@@ -126,6 +177,12 @@ class RealESRGANEngine(TileEngine):
         return out.clamp(0.0, 1.0).cpu().contiguous()
 
     def _forward(self, net: RRDBNet, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        if self._compiled is not None and dtype == self._compiled_dtype:
+            with torch.inference_mode():
+                return self._compiled(x)
+        return self._eager_forward(net, x, dtype)
+
+    def _eager_forward(self, net: RRDBNet, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         reduced = dtype != torch.float32
         with (
             torch.inference_mode(),
