@@ -172,7 +172,9 @@ class UpscaleJob:
                 spec = self.slot.tile_spec
                 self.tiles, layout = cut_tiles(image, spec, fit=True, bucket=TILE_BUCKET)
                 self._tile = layout.tile
-                self._accumulator = TileAccumulator(layout, self.slot.engine.native_scale)
+                native_scale = self.slot.engine.native_scale
+                size = (self._size[1], self._size[0])
+                self._accumulator = TileAccumulator(layout, native_scale, size)
             self._image = image
         self._save_meta({META_STAGE: "inference"})  # from here it waits for engine calls
 
@@ -221,9 +223,9 @@ class UpscaleJob:
         assert self._image is not None and self.complete, "prepare() and the engine first"
         image, (width, height) = self._image, self._size
         fmt = self.params.output_format or default_output_format(image.source_format)
-        native = self._restored if self._restored is not None else self._accumulator.result()
+        rgb = self._restored if self._restored is not None else self._accumulator.result()
         with self._stage("encode"):
-            result = finish_image(native, image, width, height)
+            result = finish_image(rgb, image, width, height)
             data = encode_image(
                 result.rgb, result.alpha, fmt, self.params.quality, image.bit_depth, image.grayscale
             )
