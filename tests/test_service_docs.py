@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from rq import Queue
 
 from megasr.loopback import free_port
+from megasr.queue import EngineQueues
 from megasr.service.metrics import GatewayMetrics, QueueDepthCollector
 from megasr.settings import Settings
 from megasr.worker.metrics import WorkerMetrics
@@ -74,9 +74,10 @@ def test_the_page_names_no_variable_the_code_lacks(page):
 
 
 def test_every_metric_is_listed_with_its_type(page):
-    queue = Queue("docs", connection=Redis(port=free_port()))  # never connected: names only
-    gateway = GatewayMetrics(queue)
-    families = [*gateway.registry.collect(), *QueueDepthCollector(queue).describe()]
+    redis = Redis(port=free_port())  # never connected: names only
+    queues = EngineQueues(Settings(queue_name="docs"), redis)
+    gateway = GatewayMetrics(queues)
+    families = [*gateway.registry.collect(), *QueueDepthCollector(queues).describe()]
     families += WorkerMetrics().registry.collect()
     exposed = {
         family.name + ("_total" if family.type == "counter" else ""): family.type

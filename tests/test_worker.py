@@ -41,6 +41,7 @@ from megasr.jobs import TASK_FUNC, JobPayload, UpscaleParams, new_job_id
 from megasr.model.megasr.checkpoint import init_tiny_checkpoint
 from megasr.queue import (
     JOB_SERIALIZER,
+    EngineQueues,
     enqueue_upscale,
     get_queue,
     redis_connection,
@@ -72,6 +73,7 @@ WORKER_METRICS = (  # as exposed: counters carry their _total
     "megasr_nan_retries_total",
     "megasr_engine_loaded",
     "megasr_worker_busy",
+    "megasr_storage_retries_total",
     "megasr_device_memory_allocated_bytes",
     "megasr_device_memory_reserved_bytes",
     "megasr_jobs_finished_total",
@@ -151,8 +153,8 @@ class Cluster:
             redis_url=self.redis_url, data_dir=self.data_dir, queue_name=queue, **overrides
         )
 
-    def queue(self, name: str) -> Queue:
-        return get_queue(self.settings(name), self.connection)
+    def queue(self, name: str, engine: str = "tiny") -> Queue:
+        return get_queue(self.settings(name), engine, self.connection)
 
     def payload(self, pixels: np.ndarray, **params: object) -> JobPayload:
         """Store ``pixels`` as a PNG input and build the job's payload."""
@@ -164,6 +166,7 @@ class Cluster:
         return {
             "job_id": job_id,
             "tenant": "test",
+            "engine": fields["engine"],
             "params": UpscaleParams.parse(fields).model_dump(mode="json"),
             "input_key": key,
             "input": {"width": width, "height": height, "format": "png"},
@@ -171,17 +174,26 @@ class Cluster:
         }
 
     def submit(self, queue: str, payloads: list[JobPayload]) -> list[Job]:
-        """Enqueue in one transaction, so one worker finds them all waiting together."""
+        """Enqueue in one transaction (on each payload's engine queue), so one worker finds
+        them all waiting together."""
         settings = self.settings(queue)
-        rq_queue = self.queue(queue)
-        datas = [
-            Queue.prepare_data(TASK_FUNC, **upscale_job_options(p, settings)) for p in payloads
-        ]
-        return rq_queue.enqueue_many(datas)
+        jobs: dict[str, Job] = {}
+        with self.connection.pipeline() as pipeline:
+            for engine in dict.fromkeys(p["engine"] for p in payloads):
+                datas = [
+                    Queue.prepare_data(TASK_FUNC, **upscale_job_options(p, settings))
+                    for p in payloads
+                    if p["engine"] == engine
+                ]
+                for job in self.queue(queue, engine).enqueue_many(datas, pipeline=pipeline):
+                    jobs[job.id] = job
+            pipeline.execute()
+        return [jobs[p["job_id"]] for p in payloads]
 
     def submit_one(self, queue: str, payload: JobPayload, **settings: object) -> Job:
         """Enqueue with the gateway's own call (``settings`` override its job options)."""
-        return enqueue_upscale(self.queue(queue), payload, self.settings(queue, **settings))
+        queues = EngineQueues(self.settings(queue, **settings), self.connection)
+        return enqueue_upscale(queues, payload)
 
     def job(self, job_id: str) -> Job:
         return Job.fetch(job_id, connection=self.connection, serializer=JOB_SERIALIZER)
@@ -344,8 +356,8 @@ def run_alone_with_plain_rq(
     get_settings.cache_clear()
     try:
         jobs = [cluster.submit_one("alone", {**p, "job_id": new_job_id()}) for p in payloads]
-        queue = cluster.queue("alone")
-        SimpleWorker([queue], connection=cluster.connection, serializer=JOB_SERIALIZER).work(
+        queues = [cluster.queue("alone", e) for e in dict.fromkeys(p["engine"] for p in payloads)]
+        SimpleWorker(queues, connection=cluster.connection, serializer=JOB_SERIALIZER).work(
             burst=True
         )
     finally:
@@ -449,7 +461,7 @@ def test_cancel_and_stop_running_jobs(cluster: Cluster, worker, photo, hold: Pat
     cluster.wait_status(stopped.id, JobStatus.STOPPED)
     for job in (canceled, stopped):
         assert not cluster.storage.exists(f"outputs/{job.id}/output.png")
-    registry = cluster.queue("shared").started_job_registry
+    registry = cluster.queue("shared", "tiny").started_job_registry
     wait_for(lambda: not registry.get_job_ids(), "the started registry to empty")
     after = worker.metrics()
     labels = {"engine": "tiny", "status": "canceled"}
@@ -513,9 +525,9 @@ def test_killed_worker_job_is_retried_by_a_new_worker(cluster: Cluster, photo) -
             return beat is not None and (beat - started.started_at).total_seconds() > 4
 
         wait_for(beat_past_first_lease, "a heartbeat past the first lease")
-        clean_registries(cluster.queue("kill"))
+        clean_registries(cluster.queue("kill", "tiny"))
         assert cluster.status(job.id) == JobStatus.STARTED
-        assert job.id in cluster.queue("kill").started_job_registry.get_job_ids()
+        assert job.id in cluster.queue("kill", "tiny").started_job_registry.get_job_ids()
         rescuer.wait_ready()
 
         doomed.process.kill()

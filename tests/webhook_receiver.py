@@ -10,11 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class WebhookReceiver:
-    """A real HTTP endpoint on loopback that answers 503 to each job's first delivery."""
+    """A real HTTP endpoint on loopback that answers 503 to each job's first delivery, and to
+    every delivery while ``down`` is set (a receiver that is down for a while)."""
 
     def __init__(self) -> None:
         self.deliveries: list[tuple[dict[str, str], bytes]] = []
         self.attempts: dict[str, int] = {}
+        self.down = False
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -22,7 +24,7 @@ class WebhookReceiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 job_id = json.loads(body)["id"]
                 receiver.attempts[job_id] = receiver.attempts.get(job_id, 0) + 1
-                if receiver.attempts[job_id] == 1:
+                if receiver.attempts[job_id] == 1 or receiver.down:
                     self.send_response(503)
                 else:
                     receiver.deliveries.append(
@@ -41,6 +43,13 @@ class WebhookReceiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def accepted(self) -> dict[str, list[bytes]]:
+        """The accepted deliveries' bodies, by job id."""
+        by_job: dict[str, list[bytes]] = {}
+        for _, body in list(self.deliveries):
+            by_job.setdefault(json.loads(body)["id"], []).append(body)
+        return by_job
 
     def bodies(self, secret: str) -> dict[str, dict]:
         """Each delivered job's JSON by id, after checking every signature against ``secret``."""
