@@ -65,10 +65,11 @@ def on_abandoned(
     if kind is not AbandonedJobError or job.func_name != TASK_FUNC:
         return True
     batch, alone = job.connection.hmget(job.key, BATCH_FIELD, ALONE_FIELD)
-    if int(batch or 1) > 1 and not alone:
+    jobs = int(batch or 1)
+    if jobs > 1 and not alone:
         job.retries_left = (job.retries_left or 0) + 1  # RQ's retry takes it back off
         job.connection.hset(job.key, ALONE_FIELD, "1")
-        logger.warning("job %s lost its worker in a batch of %s; it runs alone next", job.id, batch)
+        logger.warning("job %s lost its worker in a batch of %d; it runs alone next", job.id, jobs)
     return True  # the next handler runs too
 
 

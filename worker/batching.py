@@ -79,7 +79,7 @@ from megasr.queue import AUTO_QUEUE, JOB_SERIALIZER, get_queue
 from megasr.recovery import ALONE_FIELD, maintain_queue, on_abandoned, requeue_from_intermediate
 from megasr.worker.device_faults import is_fatal_device_error
 from megasr.worker.engine_queue import MIN_BLOCK_S, EngineQueue
-from megasr.worker.health import EXIT_UNHEALTHY, WorkerHealth
+from megasr.worker.health import EXIT_UNHEALTHY, WorkerHealth, running_once_started
 from megasr.worker.heartbeat import HeartbeatThread
 from megasr.worker.lease import JobState, Leases
 from megasr.worker.runtime import WorkerRuntime
@@ -161,8 +161,8 @@ class BatchingWorker(SimpleWorker):
             self, self.leases, settings.heartbeat_interval_s, lambda: not self.watchdog.stalled
         )
         self.health.checks += [
-            ("the heartbeat thread", _running_once_started(self._heartbeats)),
-            ("the watchdog", _running_once_started(self.watchdog)),
+            ("the heartbeat thread", running_once_started(self._heartbeats)),
+            ("the watchdog", running_once_started(self.watchdog)),
         ]
         self._batch: list[BatchItem] = []  # every job in hand
         self._in_call: list[BatchItem] = []  # the jobs of the engine call running now
@@ -659,11 +659,6 @@ class BatchingWorker(SimpleWorker):
         logger.error("exiting (%d): the engine call cannot be interrupted", EXIT_UNHEALTHY)
         logging.shutdown()
         os._exit(EXIT_UNHEALTHY)
-
-
-def _running_once_started(thread: threading.Thread) -> Callable[[], bool]:
-    """A health check: a thread not started yet is fine, a started one must be alive."""
-    return lambda: thread.ident is None or thread.is_alive()
 
 
 def _is_upscale(job: Job) -> bool:

@@ -44,3 +44,9 @@ class WorkerHealth:
             if not ok():
                 return f"{name} is not running"
         return None
+
+
+def running_once_started(thread: threading.Thread) -> Callable[[], bool]:
+    """A check for ``checks``: a thread not started yet (engines still loading) is fine, a
+    started one must still be alive."""
+    return lambda: thread.ident is None or thread.is_alive()
