@@ -3,9 +3,12 @@
 Builds SD-2-base-size MegaSR (U-Net, ControlNet, CSM + MSFM in every attention block) with
 random weights in bfloat16, configurations in code, no downloads. One denoising step is one
 forward of U-Net + ControlNet with classifier-free guidance (so a batch of N 64x64 latent
-tiles, 512 px each, runs 2N samples), the pipeline's unit of work. Batches 1, 2, 4, 8, eager
-and under ``torch.compile``; the whole run stays within ``--budget-s`` (8 minutes by
-default), skipping what no longer fits.
+tiles, 512 px each, runs 2N samples), the pipeline's unit of work. Batches 1, 2, 4, 8: eager
+without the step cache (every step computes the MSFM modulation and the CSM keys and values),
+eager with it (the sampler's steady state), and under ``torch.compile``; the whole run stays
+within ``--budget-s`` (8 minutes by default), skipping what no longer fits. Host-to-device
+traffic of the sampling loop is measured by ``bench/megasr_sampling.py``'s counter when run with
+``--device cuda``.
 
     python bench/megasr_gpu.py [--batches 1 2 4 8] [--steps 10] [--budget-s 480]
 """
@@ -20,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from megasr.model.megasr.adapter import is_adapter_key
-from megasr.model.megasr.conditions import MegaSRConditions
+from megasr.model.megasr.conditions import MegaSRConditions, StepCache
 from megasr.model.megasr.csm import CSMProcessor
 from megasr.model.megasr.denoiser import MegaSRDenoiser
 from megasr.model.megasr.msfm import MSFM
@@ -58,8 +61,9 @@ def parameter_counts(denoiser: MegaSRDenoiser) -> dict[str, int]:
     }
 
 
-def step_inputs(batch: int, device: torch.device, dtype: torch.dtype) -> dict:
-    """Inputs of one guided step for ``batch`` tiles: everything doubled for CFG."""
+def step_inputs(batch: int, device: torch.device, dtype: torch.dtype, cached: bool = False) -> dict:
+    """Inputs of one guided step for ``batch`` tiles: latents, timesteps, prompts and control
+    doubled for CFG, the conditions one row per tile (with a step cache when ``cached``)."""
     n, pixels = 2 * batch, LATENT * 8
     return {
         "latents": torch.randn(n, 4, LATENT, LATENT, device=device, dtype=dtype),
@@ -70,11 +74,12 @@ def step_inputs(batch: int, device: torch.device, dtype: torch.dtype) -> dict:
         "control": torch.rand(n, 3, pixels, pixels, device=device, dtype=dtype),
         "conditions": MegaSRConditions(
             image_tokens=torch.randn(
-                n, IMAGE_TOKENS, SD2_BASE_MODULES.clip_width, device=device, dtype=dtype
+                batch, IMAGE_TOKENS, SD2_BASE_MODULES.clip_width, device=device, dtype=dtype
             ),
-            hed=torch.rand(n, 1, pixels, pixels, device=device, dtype=dtype),
-            depth=torch.rand(n, 1, pixels, pixels, device=device, dtype=dtype),
-            seg=torch.rand(n, 3, pixels, pixels, device=device, dtype=dtype),
+            hed=torch.rand(batch, 1, pixels, pixels, device=device, dtype=dtype),
+            depth=torch.rand(batch, 1, pixels, pixels, device=device, dtype=dtype),
+            seg=torch.rand(batch, 3, pixels, pixels, device=device, dtype=dtype),
+            cache=StepCache() if cached else None,
         ),
     }
 
@@ -126,18 +131,18 @@ def main() -> int:
         f"forward FLOPs per 512 px sample (U-Net + ControlNet + CSM + MSFM): {flops / 1e12:.2f} T"
     )
 
-    modes = [("eager", model)]
+    modes = [("eager", model, False), ("cached", model, True)]
     if not args.no_compile:
-        modes.append(("compiled", torch.compile(model)))
+        modes.append(("compiled", torch.compile(model), True))
     print(f"{'mode':<9}{'batch':>6}{'ms/step':>10}{'ms/tile':>10}{'TFLOP/s':>9}{'peak GiB':>10}")
-    for mode, runnable in modes:
+    for mode, runnable, cached in modes:
         for batch in args.batches:
             if time.monotonic() - started > args.budget_s:
                 print(f"{mode:<9}{batch:>6}  skipped: the {args.budget_s:.0f} s budget is spent")
                 continue
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
-            ms = time_steps(runnable, step_inputs(batch, device, dtype), args.steps)
+            ms = time_steps(runnable, step_inputs(batch, device, dtype, cached), args.steps)
             peak = torch.cuda.max_memory_allocated(device) / 2**30
             achieved = 2 * batch * flops / (ms / 1e3) / 1e12
             print(f"{mode:<9}{batch:>6}{ms:10.1f}{ms / batch:10.1f}{achieved:9.0f}{peak:10.2f}")

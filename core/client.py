@@ -10,6 +10,21 @@
 Every refusal arrives as the typed error the service raised (``InvalidImageError``,
 ``RateLimitedError`` with ``retry_after_s``, ...), rebuilt from its problem+json body; a job
 that ends failed, canceled or expired raises :class:`~megasr.errors.JobFailedError`.
+
+A busy or briefly unreachable service is waited for: a 429 or 503 is retried after its
+``Retry-After`` (a connection failure after a doubling backoff), up to ``retries`` times per
+call; every call is safe to repeat (a submit carries its Idempotency-Key). :meth:`Client.wait`
+polls at a widening interval while nothing changes.
+
+A webhook receiver checks each delivery with :func:`verify_webhook` (the Standard Webhooks
+scheme: ``webhook-id``, ``webhook-timestamp``, ``webhook-signature``)::
+
+    from megasr.client import WebhookVerificationError, verify_webhook
+
+    try:
+        delivery_id = verify_webhook(request_body, request_headers, secret)
+    except WebhookVerificationError:
+        ...  # answer 400 and drop it
 """
 
 from __future__ import annotations
@@ -26,8 +41,16 @@ from megasr.engine_status import EngineCatalog
 from megasr.errors import JobFailedError, MegaSRError, ServiceUnavailableError
 from megasr.jobs import JobStatus, JobView, UpscaleParams
 from megasr.problems import error_from_problem
+from megasr.webhook_signature import WebhookVerificationError
+from megasr.webhook_signature import verify as verify_webhook
+
+__all__ = ["Client", "WebhookVerificationError", "verify_webhook"]
 
 ProgressCallback = Callable[[JobView], None]
+_RETRY_STATUSES = frozenset({429, 503})
+MAX_RETRY_WAIT_S = 60.0  # a Retry-After longer than this is waited for only this long
+MAX_POLL_INTERVAL_S = 5.0
+POLL_GROWTH = 1.5
 
 
 class Client:
@@ -39,11 +62,18 @@ class Client:
         api_key: str | None = None,
         timeout_s: float = 60.0,
         transport: httpx.BaseTransport | None = None,
+        *,
+        retries: int = 5,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``retries``: how often one call is repeated on 429, 503 or no connection (0 = never);
+        ``sleep``: how the client waits (replace it to wait in your own way)."""
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(
             base_url=url.rstrip("/"), headers=headers, timeout=timeout_s, transport=transport
         )
+        self.retries = retries
+        self._sleep = sleep
 
     def __enter__(self) -> Client:
         return self
@@ -102,14 +132,22 @@ class Client:
         """Poll until the job ends; returns it when it succeeded, else raises JobFailedError.
 
         ``on_progress`` gets the job after every poll whose status, stage or progress changed.
+        Polls start ``poll_interval_s`` apart; while nothing changes the interval grows by
+        half each time, up to 5 s, and a change brings it back (each poll counts against the
+        tenant's request rate).
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         last: tuple | None = None
+        interval = poll_interval_s
         while True:
             job = self.get(job_id)
             state = (job.status, job.stage, job.progress, job.queue_position)
-            if on_progress is not None and state != last:
-                on_progress(job)
+            if state != last:
+                interval = poll_interval_s
+                if on_progress is not None:
+                    on_progress(job)
+            else:
+                interval = min(MAX_POLL_INTERVAL_S, max(interval, poll_interval_s) * POLL_GROWTH)
             last = state
             if job.status is JobStatus.SUCCEEDED:
                 return job
@@ -118,7 +156,7 @@ class Client:
                 raise JobFailedError(detail, problem=job.error)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.status} after {timeout_s} s")
-            time.sleep(poll_interval_s)
+            self._sleep(interval)
 
     def download(self, job_id: str, destination: str | Path | None = None) -> bytes:
         """The result's bytes (following a redirect to object storage); also written to
@@ -142,13 +180,33 @@ class Client:
         return self.download(job.id, destination)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ServiceUnavailableError(f"cannot reach {self._http.base_url}: {exc}") from exc
-        if response.status_code >= 400:
-            raise _error_of(response)
-        return response
+        """One call, repeated on 429, 503 or no connection while retries are left."""
+        retry = 0
+        while True:
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if retry >= self.retries:
+                    raise ServiceUnavailableError(
+                        f"cannot reach {self._http.base_url}: {exc}"
+                    ) from exc
+                delay = min(MAX_RETRY_WAIT_S, 2.0**retry)
+            else:
+                if response.status_code in _RETRY_STATUSES and retry < self.retries:
+                    delay = _retry_after_s(response, default_s=2.0**retry)
+                elif response.status_code >= 400:
+                    raise _error_of(response)
+                else:
+                    return response
+            retry += 1
+            self._sleep(delay)
+
+
+def _retry_after_s(response: httpx.Response, default_s: float) -> float:
+    """The response's Retry-After in seconds (the delay form), else ``default_s``; capped."""
+    text = response.headers.get("Retry-After", "")
+    seconds = float(text) if text.isdigit() else default_s
+    return min(MAX_RETRY_WAIT_S, seconds)
 
 
 def _error_of(response: httpx.Response) -> MegaSRError:

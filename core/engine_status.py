@@ -2,7 +2,11 @@
 
 The gateway never loads a model, so it learns what ``GET /v1/engines`` should list from the
 workers: each worker writes ``megasr:engines:{worker_name}`` (JSON, with a TTL it refreshes
-with its heartbeat), and a worker that dies drops out when its key expires.
+with its heartbeat) and adds its name to the set ``megasr:engines``; a worker that dies drops
+out when its key expires. Every submit reads this registry, so the read never scans the
+keyspace (a SCAN costs the whole keyspace, whatever else shares the Redis): it reads the set,
+fetches the named records in one MGET, and removes from the set the names whose record has
+expired.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pydantic import BaseModel
 from redis import Redis
 
 ENGINES_KEY_PREFIX = "megasr:engines:"
+WORKERS_KEY = "megasr:engines"  # the set of worker names that have announced engines
 
 
 class EngineState(StrEnum):
@@ -52,11 +57,13 @@ def publish_engines(
         "default": default,
         "details": details or {},
     }
+    connection.sadd(WORKERS_KEY, worker_name)
     connection.set(ENGINES_KEY_PREFIX + worker_name, json.dumps(record), ex=ttl_s)
 
 
 def withdraw_engines(connection: Redis, worker_name: str) -> None:
     """Say goodbye on a clean shutdown, so the list is right before the TTL runs out."""
+    connection.srem(WORKERS_KEY, worker_name)
     connection.delete(ENGINES_KEY_PREFIX + worker_name)
 
 
@@ -64,11 +71,7 @@ def read_engines(connection: Redis) -> EngineCatalog:
     """Every engine some live worker announced, ready ones counted, sorted by name."""
     merged: dict[str, EngineInfo] = {}
     default = None
-    keys = sorted(connection.scan_iter(match=ENGINES_KEY_PREFIX + "*", count=100))
-    for raw in connection.mget(keys) if keys else []:
-        if raw is None:
-            continue
-        record = json.loads(raw)
+    for record in _live_records(connection):
         default = default or record.get("default")
         details = record.get("details") or {}
         for name, state_text in record.get("engines", {}).items():
@@ -81,6 +84,32 @@ def read_engines(connection: Redis) -> EngineCatalog:
                 info.detail = details[name]
     engines = sorted(merged.values(), key=lambda info: info.name)
     return EngineCatalog(engines=engines, default=default)
+
+
+# Drop a name from the set only if its record is still missing: a worker may announce itself
+# again between the MGET and this call, and must not vanish until its next heartbeat.
+_FORGET_EXPIRED = """
+for i, name in ipairs(ARGV) do
+    if redis.call('exists', KEYS[i + 1]) == 0 then redis.call('srem', KEYS[1], name) end
+end
+"""
+
+
+def _forget(connection: Redis, names: list[str]) -> None:
+    records = [ENGINES_KEY_PREFIX + name for name in names]
+    connection.eval(_FORGET_EXPIRED, 1 + len(records), WORKERS_KEY, *records, *names)
+
+
+def _live_records(connection: Redis) -> list[dict]:
+    """The records of the workers in the set, by name; names whose record expired leave it."""
+    names = sorted(raw.decode() for raw in connection.smembers(WORKERS_KEY))
+    if not names:
+        return []
+    raws = connection.mget([ENGINES_KEY_PREFIX + name for name in names])
+    gone = [name for name, raw in zip(names, raws, strict=True) if raw is None]
+    if gone:
+        _forget(connection, gone)
+    return [json.loads(raw) for raw in raws if raw is not None]
 
 
 def _best(a: EngineState, b: EngineState) -> EngineState:

@@ -97,11 +97,19 @@ class RateLimitedError(MegaSRError):
 
 
 class ServiceUnavailableError(MegaSRError):
-    """A part the request needs (the queue's Redis, the object storage) cannot be reached."""
+    """A part the request needs (the queue's Redis, the object storage) cannot be reached.
+
+    Its detail may name hosts, paths or library errors, so the gateway logs it and answers a
+    generic one, unless it was raised ``public=True`` (a detail written for the client).
+    """
 
     status = 503
     problem_type = "service-unavailable"
     title = "Service unavailable"
+
+    def __init__(self, detail: str, *, public: bool = False) -> None:
+        super().__init__(detail)
+        self.public = public
 
 
 class JobFailedError(MegaSRError):

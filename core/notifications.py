@@ -9,7 +9,10 @@ without polling for it. Three places decide that a job ended, and each tells the
 - RQ's registry cleanup, in the gateway or a worker, for a job whose worker died holding it
   on its last try (:meth:`JobNotifier.on_abandoned`, an RQ exception handler).
 
-Delivery is at least once: a job canceled just as a worker takes it may be told twice.
+The webhook goes into the durable outbox in Redis (:mod:`megasr.webhook_outbox`) in the same
+moment, and this process's :class:`~megasr.webhooks.WebhookDispatcher` (or any other
+gateway's or worker's) delivers it. Delivery is at least once: a job canceled just as a
+worker takes it may be told twice, and so may a receiver whose answer was lost.
 """
 
 from __future__ import annotations
@@ -17,30 +20,43 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from types import TracebackType
 
+from redis import Redis
 from rq.exceptions import AbandonedJobError
 from rq.job import Job
 
 from megasr.job_view import public_view
 from megasr.jobs import META_ERROR, META_OUTPUT, META_STAGE, TASK_FUNC, JobStatus, JobView
 from megasr.problems import worker_lost_problem
+from megasr.queue import redis_connection
 from megasr.settings import Settings
 from megasr.storage import Storage
-from megasr.webhooks import WebhookSender
+from megasr.webhook_outbox import WebhookOutbox
+from megasr.webhooks import WebhookDispatcher
+
+# The dispatcher's own connection: a Redis that stops answering must not hang its thread.
+DISPATCHER_SOCKET_TIMEOUT_S = 10.0
 
 
 class JobNotifier:
-    """Sends the terminal-status webhook of jobs that asked for one."""
+    """Queues the terminal-status webhook of jobs that asked for one, and drains the outbox."""
 
-    def __init__(self, settings: Settings, storage: Storage, sender: WebhookSender) -> None:
+    def __init__(self, settings: Settings, storage: Storage, dispatcher: WebhookDispatcher) -> None:
         self.settings = settings
         self.storage = storage
-        self.sender = sender
+        self.dispatcher = dispatcher
 
     @classmethod
-    def from_settings(cls, settings: Settings, storage: Storage) -> JobNotifier:
-        secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-        sender = WebhookSender(secret, settings.webhook_attempts, settings.webhook_backoff_s)
-        return cls(settings, storage, sender)
+    def from_settings(
+        cls, settings: Settings, storage: Storage, connection: Redis | None = None
+    ) -> JobNotifier:
+        """A notifier whose dispatcher drains the outbox at once, in ``connection``'s Redis or
+        ``redis_url``'s (with neither, from the first job's Redis it is told about)."""
+        dispatcher = WebhookDispatcher(settings)
+        if connection is None and settings.redis_url:
+            connection = redis_connection(settings, socket_timeout=DISPATCHER_SOCKET_TIMEOUT_S)
+        if connection is not None:
+            dispatcher.start(connection)
+        return cls(settings, storage, dispatcher)
 
     def notify(self, job: Job, status: JobStatus) -> None:
         payload = job.args[0]
@@ -48,7 +64,10 @@ class JobNotifier:
         if not url:
             return
         body = self.view(job, status).model_dump_json().encode()
-        self.sender.send(url, f"job.{status}", body)
+        outbox = WebhookOutbox(job.connection, self.settings.queue_name)
+        outbox.add(url, f"job.{status}", payload.get("tenant", ""), job.id, body)
+        self.dispatcher.start(job.connection)
+        self.dispatcher.wake()
 
     def on_abandoned(
         self,
@@ -70,8 +89,8 @@ class JobNotifier:
         return True  # the next handler runs too
 
     def close(self) -> None:
-        """Wait for deliveries still in flight, retries included."""
-        self.sender.close()
+        """Wait for the attempts in flight; deliveries still due wait in the outbox."""
+        self.dispatcher.close()
 
     def view(self, job: Job, status: JobStatus) -> JobView:
         """What ``GET /v1/jobs/{id}`` answers once the job has ended at ``status``, with the

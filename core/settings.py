@@ -8,6 +8,7 @@ best device present.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from functools import lru_cache
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -55,7 +56,11 @@ class Settings(BaseSettings):
     megasr_model: Path | None = Field(None, description="A MegaSR checkpoint directory.")
     device: Device = "auto"
     dtype: Precision = "auto"
-    tile: int = Field(0, ge=0, description="Engine input tile side in pixels; 0 = engine default.")
+    tile: int = Field(
+        0,
+        ge=0,
+        description="Engine tile side in pixels (megasr: latent tile, output px); 0 = default.",
+    )
     cpu_threads: int = Field(
         0, ge=0, description="Threads an engine computes with on the CPU; 0 = one per core."
     )
@@ -82,6 +87,9 @@ class Settings(BaseSettings):
     # Object storage.
     storage_backend: Literal["local", "s3"] = "local"
     s3_bucket: str = "megasr"
+    s3_key_prefix: str = Field(
+        "", description="Folder of the bucket the service keeps its objects under."
+    )
     s3_endpoint_url: str | None = Field(None, description="None = AWS.")
     s3_public_endpoint_url: str | None = Field(
         None, description="Endpoint clients reach; presigned URLs are signed for it."
@@ -102,9 +110,15 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(1000, ge=0, description="Queued jobs in all; 0 = off.")
     busy_retry_after_s: int = Field(5, gt=0, description="Retry-After when in flight or full.")
     cors_origins: list[str] = Field(default_factory=list)
+    hsts_max_age_s: int = Field(
+        0, ge=0, description="Strict-Transport-Security max-age on HTTPS answers; 0 = none."
+    )
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(8000, ge=0, le=65535)
     maintenance_interval_s: float = Field(30.0, gt=0, description="Registry cleanup period.")
+    submit_fsync_timeout_ms: int = Field(
+        2000, ge=0, description="How long a 202 waits for WAITAOF; 0 = does not wait."
+    )
 
     # Worker: webhooks (the gateway sends some too), metrics port, batching, heartbeats.
     webhook_secret: SecretStr | None = None
@@ -128,8 +142,32 @@ class Settings(BaseSettings):
         default_factory=lambda: ["auto"],
         description="Engines a worker loads at start: registry names or module:Class paths.",
     )
-    webhook_attempts: int = Field(5, ge=1, description="Deliveries tried per webhook.")
-    webhook_backoff_s: float = Field(1.0, ge=0, description="First retry delay; doubles.")
+    webhook_attempts: int = Field(10, ge=1, description="Deliveries tried per webhook.")
+    webhook_backoff_s: float = Field(2.0, ge=0, description="First retry delay; doubles.")
+    webhook_max_backoff_s: float = Field(600.0, ge=0, description="Longest retry delay.")
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Per connect and per read.")
+    webhook_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict, repr=False, description="Tenant -> webhook signing secret."
+    )
+    webhook_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs of private webhook receivers let through the address check.",
+    )
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"not an IP network: {network!r}") from exc
+        return value
+
+    def webhook_secret_for(self, tenant: str) -> str | None:
+        """The secret that signs ``tenant``'s webhooks: its own, else the shared one."""
+        secret = self.webhook_secrets.get(tenant) or self.webhook_secret
+        return secret.get_secret_value() if secret else None
 
     def api_key_tenants(self) -> dict[str, str]:
         """Every API key -> tenant, from ``api_keys`` and the keys file together."""

@@ -1,96 +1,238 @@
-"""Signed webhooks on a job's terminal status.
+"""Webhook delivery: each attempt a signed POST to a checked, pinned address; retries from
+the durable outbox in Redis.
 
-The body is the job's public JSON; ``X-MegaSR-Signature: sha256=<hex>`` is the HMAC-SHA256 of
-the exact body bytes under the shared ``webhook_secret``, so a receiver recomputes it over the
-raw body before parsing. Deliveries run on a small thread pool, never in a worker's batch
-loop or a gateway request: a slow receiver must hold up neither. A failed delivery (no
-connection, a timeout, 5xx or 429) is retried with doubling backoff; other answers are final.
-Redirects are not followed: a webhook goes only where the client said.
+An attempt resolves the URL's host, checks every address (:mod:`megasr.webhook_targets`),
+connects to the checked address itself (the host name still goes in ``Host`` and in TLS),
+and sends the body with the Standard Webhooks headers (:mod:`megasr.webhook_signature`) under
+the tenant's secret. Redirects are never followed: a 3xx is a final failure, so a receiver
+cannot bounce the request to an address the check would refuse. A 2xx is delivered; no
+connection, a timeout, 408, 429 or 5xx is retried with doubling backoff up to
+``webhook_attempts``; anything else is final. No HTTP proxy is used.
+
+:class:`WebhookDispatcher` drains the outbox from a thread of its own, with a few delivery
+threads, so neither a worker's batch loop nor a gateway request ever waits for a receiver.
+It wakes at once for deliveries queued in its own process and polls for the others (every
+second, or sooner when a retry comes due). Logs name a delivery's origin (scheme, host,
+port), never its path or query, which may carry a receiver's token.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import http.client
 import logging
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
-SIGNATURE_HEADER = "X-MegaSR-Signature"
+from redis import Redis
+
+from megasr import __version__
+from megasr.settings import Settings
+from megasr.webhook_outbox import Delivery, WebhookOutbox
+from megasr.webhook_signature import signature_headers
+from megasr.webhook_targets import (
+    RefusedTargetError,
+    Target,
+    TargetPolicy,
+    UnresolvedTargetError,
+    origin_of,
+)
+
 EVENT_HEADER = "X-MegaSR-Event"
+POLL_S = 1.0
+DELIVERY_THREADS = 4
+_RETRYABLE_STATUS = frozenset({408, 429})
 
 logger = logging.getLogger("megasr.webhooks")
 
 
-def sign(body: bytes, secret: str) -> str:
-    """The signature header value for ``body``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+@dataclass(frozen=True)
+class Attempt:
+    """How one attempt went: delivered, or why not and whether another try may help."""
+
+    delivered: bool
+    retryable: bool = False
+    reason: str = ""
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
+def post_once(
+    policy: TargetPolicy, url: str, body: bytes, headers: dict[str, str], timeout_s: float
+) -> Attempt:
+    """POST ``body`` to ``url`` once, at the address the policy checked."""
+    try:
+        target = policy.resolve(url)
+    except RefusedTargetError as exc:
+        return Attempt(False, retryable=False, reason=exc.detail)
+    except UnresolvedTargetError as exc:
+        return Attempt(False, retryable=True, reason=exc.detail)
+    connection = _pinned_connection(target, timeout_s)
+    try:
+        connection.request("POST", target.path, body=body, headers=headers)
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        return Attempt(False, retryable=True, reason=f"{type(exc).__name__}: {exc}")
+    finally:
+        connection.close()
+    if 200 <= status < 300:
+        return Attempt(True)
+    if 300 <= status < 400:
+        return Attempt(False, retryable=False, reason=f"HTTP {status}: redirects are not followed")
+    retryable = status >= 500 or status in _RETRYABLE_STATUS
+    return Attempt(False, retryable=retryable, reason=f"HTTP {status}")
 
 
-_opener = urllib.request.build_opener(_NoRedirect)
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Speaks to ``host`` but connects to the address that was checked, not a fresh lookup."""
+
+    def __init__(self, target: Target, timeout_s: float) -> None:
+        super().__init__(target.host, target.port, timeout=timeout_s)
+        self._address = target.address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
 
 
-class WebhookSender:
-    """Delivers webhooks in the background with retries; :meth:`close` waits for them."""
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """TLS to the checked address, with the host name for SNI and certificate checks."""
 
-    def __init__(
-        self,
-        secret: str | None,
-        attempts: int = 5,
-        backoff_s: float = 1.0,
-        timeout_s: float = 10.0,
-    ) -> None:
-        self._secret = secret
-        self._attempts = attempts
-        self._backoff_s = backoff_s
-        self._timeout_s = timeout_s
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="megasr-webhook")
+    def __init__(self, target: Target, timeout_s: float) -> None:
+        super().__init__(target.host, target.port, timeout=timeout_s)
+        self._address = target.address
 
-    def send(self, url: str, event: str, body: bytes) -> None:
-        """Queue one delivery of ``body`` to ``url``; ``event`` is e.g. ``job.succeeded``."""
-        self._pool.submit(self._deliver, url, event, body)
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def _pinned_connection(target: Target, timeout_s: float) -> http.client.HTTPConnection:
+    if target.scheme == "https":
+        return _PinnedHTTPSConnection(target, timeout_s)
+    return _PinnedHTTPConnection(target, timeout_s)
+
+
+class WebhookDispatcher:
+    """Drains the outbox: claims due deliveries, attempts them, settles each outcome."""
+
+    def __init__(self, settings: Settings, policy: TargetPolicy | None = None) -> None:
+        self.settings = settings
+        self.policy = policy or TargetPolicy(settings.webhook_allowed_networks)
+        self.outbox: WebhookOutbox | None = None
+        # A claim outlives the slowest attempt (connect + read timeouts) with room to spare.
+        self.lease_s = 2 * settings.webhook_timeout_s + 30
+        self._pool = ThreadPoolExecutor(DELIVERY_THREADS, thread_name_prefix="megasr-webhook")
+        self._busy = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, connection: Redis) -> None:
+        """Start draining the outbox in ``connection``'s Redis (once; later calls do nothing)."""
+        with self._lock:
+            if self._thread is not None or self._stopped.is_set():
+                return
+            self.outbox = WebhookOutbox(connection, self.settings.queue_name)
+            self._thread = threading.Thread(
+                target=self._run, name="megasr-webhook-outbox", daemon=True
+            )
+            self._thread.start()
+
+    def wake(self) -> None:
+        """A delivery was queued: look at the outbox now, not at the next poll."""
+        self._wake.set()
 
     def close(self) -> None:
-        """Wait for every queued delivery, retries included (bounded by attempts x timeout)."""
+        """Stop claiming, and wait for the attempts in flight; what is left waits in Redis."""
+        self._stopped.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
         self._pool.shutdown(wait=True)
 
-    def _deliver(self, url: str, event: str, body: bytes) -> bool:
+    def _run(self) -> None:
+        unreachable = False
+        while not self._stopped.is_set():
+            try:
+                delay = self._dispatch_due()
+            except Exception as exc:  # Redis away for a while: the outbox keeps everything
+                if not unreachable:  # once per outage, not once a second
+                    logger.warning("webhook outbox unreachable: %s", exc)
+                unreachable, delay = True, POLL_S
+            else:
+                if unreachable:
+                    logger.info("webhook outbox reachable again")
+                unreachable = False
+            self._wake.wait(delay)
+            self._wake.clear()
+
+    def _dispatch_due(self) -> float:
+        """Start the due deliveries there is room for; returns how long to wait next."""
+        assert self.outbox is not None
+        with self._lock:
+            free = DELIVERY_THREADS - self._busy
+        if free <= 0:
+            return POLL_S  # a finishing attempt wakes the loop
+        ids = self.outbox.claim(self.lease_s, free)
+        for delivery_id in ids:
+            with self._lock:
+                self._busy += 1
+            self._pool.submit(self._deliver, delivery_id)
+        if len(ids) == free:
+            return POLL_S  # every thread busy: a finishing attempt wakes the loop
+        due = self.outbox.next_due()
+        if due is None:
+            return POLL_S
+        return min(POLL_S, max(0.01, due - time.time()))
+
+    def _deliver(self, delivery_id: str) -> None:
+        assert self.outbox is not None
+        try:
+            delivery = self.outbox.load(delivery_id)
+            if delivery is not None:
+                self._settle(delivery, self._attempt(delivery))
+        except Exception:  # the lease runs out and the delivery comes due again
+            logger.exception("webhook delivery %s failed to run", delivery_id)
+        finally:
+            with self._lock:
+                self._busy -= 1
+            self._wake.set()
+
+    def _attempt(self, delivery: Delivery) -> Attempt:
         headers = {
             "Content-Type": "application/json",
-            "User-Agent": "megasr",
-            EVENT_HEADER: event,
+            "User-Agent": f"megasr/{__version__}",
+            EVENT_HEADER: delivery.event,
+            **signature_headers(
+                self.settings.webhook_secret_for(delivery.tenant), delivery.id, delivery.body
+            ),
         }
-        if self._secret:
-            headers[SIGNATURE_HEADER] = sign(body, self._secret)
-        delay = self._backoff_s
-        for attempt in range(1, self._attempts + 1):
-            retryable = self._post(url, body, headers)
-            if retryable is None:
-                return True
-            if not retryable or attempt == self._attempts:
-                break
-            time.sleep(delay)
-            delay *= 2
-        logger.warning("webhook %s to %s not delivered after %d attempt(s)", event, url, attempt)
-        return False
+        return post_once(
+            self.policy, delivery.url, delivery.body, headers, self.settings.webhook_timeout_s
+        )
 
-    def _post(self, url: str, body: bytes, headers: dict[str, str]) -> bool | None:
-        """None when delivered, else whether the failure is worth another attempt."""
-        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        try:
-            with _opener.open(request, timeout=self._timeout_s) as response:
-                response.read()
-            return None
-        except urllib.error.HTTPError as exc:
-            logger.info("webhook to %s answered %d", url, exc.code)
-            return exc.code >= 500 or exc.code == 429
-        except (urllib.error.URLError, OSError) as exc:
-            logger.info("webhook to %s failed: %s", url, exc)
-            return True
+    def _settle(self, delivery: Delivery, attempt: Attempt) -> None:
+        assert self.outbox is not None
+        origin = origin_of(delivery.url)
+        if attempt.delivered:
+            self.outbox.delivered(delivery.id)
+            return
+        if attempt.retryable and delivery.attempts < self.settings.webhook_attempts:
+            delay = self.backoff_s(delivery.attempts)
+            logger.info(
+                "webhook %s of job %s to %s: %s; retry in %.1f s",
+                delivery.event, delivery.job_id, origin, attempt.reason, delay,
+            )  # fmt: skip
+            self.outbox.retry_at(delivery.id, time.time() + delay, attempt.reason)
+            return
+        logger.warning(
+            "webhook %s of job %s to %s not delivered after %d attempt(s): %s",
+            delivery.event, delivery.job_id, origin, delivery.attempts, attempt.reason,
+        )  # fmt: skip
+        self.outbox.dead(delivery.id, attempt.reason, self.settings.expired_record_ttl_s)
+
+    def backoff_s(self, attempts: int) -> float:
+        """The wait after ``attempts`` failed attempts: doubling, capped."""
+        settings = self.settings
+        return min(settings.webhook_max_backoff_s, settings.webhook_backoff_s * 2 ** (attempts - 1))

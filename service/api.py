@@ -64,11 +64,21 @@ router = APIRouter(prefix="/v1", tags=["v1"], responses=_ERRORS)
 
 def _upload_body_schema() -> dict[str, Any]:
     fields = UpscaleParams.model_json_schema()
-    properties = {"image": {"type": "string", "format": "binary"}, **fields["properties"]}
+    form_fields = {name: _form_field(schema) for name, schema in fields["properties"].items()}
+    properties = {"image": {"type": "string", "format": "binary"}, **form_fields}
     schema = {"type": "object", "required": ["image"], "properties": properties}
     return {
         "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
     }
+
+
+def _form_field(schema: dict[str, Any]) -> dict[str, Any]:
+    """A form field cannot be null, only left out: drop the ``null`` of an optional field."""
+    choices = [choice for choice in schema.get("anyOf", []) if choice != {"type": "null"}]
+    if len(choices) != 1:
+        return schema
+    rest = {key: value for key, value in schema.items() if key not in ("anyOf", "default")}
+    return {**choices[0], **rest}
 
 
 @router.post(

@@ -22,6 +22,7 @@ from megasr.service.headers import RateLimitHeaders
 from megasr.service.maintenance import run_maintenance
 from megasr.service.metrics import MetricsMiddleware
 from megasr.service.problems import install_problem_handlers
+from megasr.service.security_headers import SecurityHeaders
 from megasr.settings import Settings, get_settings
 
 EXPOSED_HEADERS = [
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "X-API-Key", "Idempotency-Key", "Content-Type"],
             expose_headers=EXPOSED_HEADERS,
         )
+    app.add_middleware(SecurityHeaders, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=gw.metrics)
     _add_problem_schema(app)
     return app

@@ -10,9 +10,11 @@ from redis import Redis
 from megasr.notifications import JobNotifier
 from megasr.queue import EngineQueues, redis_connection
 from megasr.service.auth import ApiKeys
+from megasr.service.durability import Durability
 from megasr.service.metrics import GatewayMetrics
 from megasr.settings import Settings
 from megasr.storage import Storage, create_storage
+from megasr.webhook_outbox import WebhookOutbox
 
 # A gateway command that takes longer than this means Redis is in trouble: answer 503.
 REDIS_SOCKET_TIMEOUT_S = 5.0
@@ -29,6 +31,7 @@ class Gateway:
     metrics: GatewayMetrics
     api_keys: ApiKeys
     notifier: JobNotifier  # webhooks of the jobs that end here, not in a worker
+    durability: Durability  # a 202 waits until its job is on Redis's disk
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
@@ -40,9 +43,10 @@ class Gateway:
             redis=redis,
             queues=queues,
             storage=storage,
-            metrics=GatewayMetrics(queues),
+            metrics=GatewayMetrics(queues, WebhookOutbox(redis, settings.queue_name)),
             api_keys=ApiKeys.from_settings(settings),
-            notifier=JobNotifier.from_settings(settings, storage),
+            notifier=JobNotifier.from_settings(settings, storage, redis),
+            durability=Durability(settings.submit_fsync_timeout_ms),
         )
 
     def close(self) -> None:

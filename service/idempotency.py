@@ -4,18 +4,27 @@ The first request claims the key atomically (SET NX) with a fingerprint of its p
 (image bytes and parameters); a retry with the same fingerprint gets the claimed job id, a
 request with another payload is refused (422). A claim is released if the submission fails,
 so a client can retry after an error.
+
+A claim starts short (:data:`CLAIM_TTL_S`) and is renewed by :class:`ClaimKeeper` while its
+submission runs; only a submission that queued its job keeps it for the result retention.
+A gateway that dies mid-submission so leaves a claim that lapses within seconds, not one that
+answers 409 for a day.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 
 from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import RedisError
 
 from megasr.errors import InvalidParameterError
 
 MAX_KEY_LENGTH = 255
+CLAIM_TTL_S = 30.0
 
 
 def fingerprint(image: bytes, params: dict) -> str:
@@ -29,13 +38,13 @@ def idempotency_key(tenant: str, key: str) -> str:
 
 
 def claim(
-    redis: Redis, tenant: str, key: str, payload_fingerprint: str, job_id: str, ttl_s: int
+    redis: Redis, tenant: str, key: str, payload_fingerprint: str, job_id: str, ttl_s: float
 ) -> str | None:
     """Claim ``key`` for ``job_id``; returns the earlier job id when the key was used before."""
     if not key or len(key) > MAX_KEY_LENGTH:
         raise InvalidParameterError(f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters")
     record = json.dumps({"fingerprint": payload_fingerprint, "job_id": job_id})
-    if redis.set(idempotency_key(tenant, key), record, nx=True, ex=ttl_s):
+    if redis.set(idempotency_key(tenant, key), record, nx=True, px=int(ttl_s * 1000)):
         return None
     raw = redis.get(idempotency_key(tenant, key))
     if raw is None:  # expired between the two calls: claim again
@@ -48,3 +57,33 @@ def claim(
 
 def release(redis: Redis, tenant: str, key: str) -> None:
     redis.delete(idempotency_key(tenant, key))
+
+
+def keep(pipe: Pipeline | Redis, tenant: str, key: str, ttl_s: int) -> None:
+    """The submission queued its job: keep the key for ``ttl_s`` (the result retention)."""
+    pipe.expire(idempotency_key(tenant, key), ttl_s)
+
+
+class ClaimKeeper:
+    """Renews a claim every third of :data:`CLAIM_TTL_S` from a thread, until the block ends."""
+
+    def __init__(self, redis: Redis, tenant: str, key: str) -> None:
+        self._redis = redis
+        self._name = idempotency_key(tenant, key)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="megasr-idempotency", daemon=True)
+
+    def __enter__(self) -> ClaimKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(CLAIM_TTL_S / 3):
+            try:
+                self._redis.pexpire(self._name, int(CLAIM_TTL_S * 1000))
+            except RedisError:  # the submission's own Redis calls fail and release it
+                return

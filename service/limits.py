@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 from redis import Redis
+from redis.client import Pipeline
 from rq.job import Job
 
 from megasr.errors import RateLimitedError
@@ -61,13 +62,11 @@ def check_capacity(redis: Redis, queues: EngineQueues, settings: Settings, tenan
         raise RateLimitedError(f"{most} jobs already in flight; retry in {retry} s", retry)
 
 
-def track_in_flight(redis: Redis, settings: Settings, tenant: str, job_id: str) -> None:
-    """Remember a new job of ``tenant`` until its RQ status says it is done."""
+def track_in_flight(pipe: Pipeline, settings: Settings, tenant: str, job_id: str) -> None:
+    """Remember a new job of ``tenant`` until its RQ status says it is done (in ``pipe``)."""
     key = in_flight_key(tenant)
-    pipe = redis.pipeline()
     pipe.zadd(key, {job_id: time.time()})
     pipe.expire(key, settings.job_timeout_s * (settings.max_retries + 1) + settings.result_ttl_s)
-    pipe.execute()
 
 
 def _jobs_in_flight(redis: Redis, tenant: str) -> int:

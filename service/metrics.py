@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from megasr.queue import EngineQueues
+from megasr.webhook_outbox import WebhookOutbox
 
 UNMATCHED_ROUTE = "unmatched"
 _DEPTH_HELP = "Jobs waiting in the engines' queues."
@@ -39,8 +40,30 @@ class QueueDepthCollector(Collector):
         yield GaugeMetricFamily("megasr_queue_depth", _DEPTH_HELP, value=depth)
 
 
+class WebhookOutboxCollector(Collector):
+    """``megasr_webhooks_pending`` and ``megasr_webhook_dead_letters``, read at scrape time."""
+
+    PENDING = ("megasr_webhooks_pending", "Webhook deliveries waiting in the outbox.")
+    DEAD = ("megasr_webhook_dead_letters", "Webhook deliveries given up on, still kept.")
+
+    def __init__(self, outbox: WebhookOutbox) -> None:
+        self.outbox = outbox
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(*self.PENDING)
+        yield GaugeMetricFamily(*self.DEAD)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            pending, dead = self.outbox.pending(), self.outbox.dead_count()
+        except RedisError:
+            return
+        yield GaugeMetricFamily(*self.PENDING, value=pending)
+        yield GaugeMetricFamily(*self.DEAD, value=dead)
+
+
 class GatewayMetrics:
-    def __init__(self, queues: EngineQueues) -> None:
+    def __init__(self, queues: EngineQueues, outbox: WebhookOutbox | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.http_requests = Counter(
             "megasr_http_requests",
@@ -61,6 +84,8 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(QueueDepthCollector(queues))
+        if outbox is not None:
+            self.registry.register(WebhookOutboxCollector(outbox))
 
 
 class MetricsMiddleware:

@@ -2,8 +2,9 @@
 
 Typed project errors carry their own status and type; FastAPI's validation errors become
 422; Starlette's HTTP errors (unknown route 404, wrong method 405) keep their status and
-headers; an unreachable Redis is 503 with ``Retry-After``; anything else is a logged 500
-that shows no internals.
+headers; an unreachable Redis is 503 with ``Retry-After``; anything else is a logged 500.
+No 5xx answer shows internals: the detail of a server-side error (a storage path, a host, a
+library's message) goes to the log, and the client reads a generic one.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from megasr.errors import (
     AuthenticationError,
@@ -25,6 +27,7 @@ from megasr.errors import (
     ServiceUnavailableError,
 )
 from megasr.problems import PROBLEM_CONTENT_TYPE, problem, problem_from_error
+from megasr.service.security_headers import API_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,10 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
 
 
+GENERIC_UNAVAILABLE = "a part the service needs cannot be reached; retry shortly"
+GENERIC_SERVER_ERROR = "the gateway failed; the error was logged"
+
+
 def error_response(error: MegaSRError) -> JSONResponse:
     headers = {}
     if isinstance(error, RateLimitedError):
@@ -45,7 +52,17 @@ def error_response(error: MegaSRError) -> JSONResponse:
         headers["Retry-After"] = str(REDIS_RETRY_AFTER_S)
     elif isinstance(error, AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="megasr"'
-    return problem_response(problem_from_error(error), error.status, headers)
+    return problem_response(public_problem(error), error.status, headers)
+
+
+def public_problem(error: MegaSRError) -> dict:
+    """The problem a client may see: a server-side error's detail is logged, not shown."""
+    body = problem_from_error(error)
+    if error.status >= 500 and not getattr(error, "public", False):
+        log.warning("%s (%d): %s", error.title, error.status, error.detail)
+        unavailable = isinstance(error, ServiceUnavailableError)
+        body["detail"] = GENERIC_UNAVAILABLE if unavailable else GENERIC_SERVER_ERROR
+    return body
 
 
 async def _megasr_error(request: Request, exc: MegaSRError) -> JSONResponse:
@@ -73,14 +90,24 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
     log.warning("Redis unreachable: %s", exc)
     return error_response(
-        ServiceUnavailableError("the job queue (Redis) cannot be reached; retry shortly")
+        ServiceUnavailableError(
+            "the job queue (Redis) cannot be reached; retry shortly", public=True
+        )
     )
+
+
+async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+    """The client hung up mid-upload: nothing was stored, nobody reads the answer, and it is
+    no server error (a 400 in the metrics, not a 500)."""
+    log.info("client closed %s %s before its body ended", request.method, request.url.path)
+    body = problem(400, "Bad request", "the client closed the connection mid-request")
+    return problem_response(body, 400)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    body = problem(500, "Internal error", "the gateway failed; the error was logged", "internal")
-    return problem_response(body, 500)
+    body = problem(500, "Internal error", GENERIC_SERVER_ERROR, "internal")
+    return problem_response(body, 500, API_HEADERS)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -89,4 +116,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RedisConnectionError, _redis_down)
     app.add_exception_handler(RedisTimeoutError, _redis_down)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

@@ -53,6 +53,8 @@ async def submit(gw: Gateway, request: SubmitRequest) -> Submitted:
         await run_sync(check_capacity, gw.redis, gw.queues, settings, request.tenant)
         upload = await read_upload(request.content_type, request.body, settings.max_upload_bytes)
         params = UpscaleParams.parse(upload.fields)
+        if params.webhook_url is not None:  # refused now, not after the job ran
+            await run_sync(gw.notifier.dispatcher.policy.resolve, str(params.webhook_url))
         runs_on, engine = await run_sync(_resolve_engine, gw, params.engine)
         info = await inspect_image(upload.image, params, settings)
         submitted = await run_sync(_store_and_enqueue, gw, request, upload, params, info, runs_on)
@@ -96,30 +98,18 @@ def _store_and_enqueue(
     if key is not None:
         fingerprint = idempotency.fingerprint(upload.image, params.model_dump(mode="json"))
         earlier = idempotency.claim(
-            gw.redis, request.tenant, key, fingerprint, job_id, gw.settings.result_ttl_s
+            gw.redis, request.tenant, key, fingerprint, job_id, idempotency.CLAIM_TTL_S
         )
         if earlier is not None:
             if load_record(gw.redis, earlier) is None:
                 raise ConflictError("a request with this Idempotency-Key is still in progress")
             return Submitted(job_id=earlier, replayed=True)
-    output_format = params.output_format or default_output_format(info.format)
     stored_key = input_key(job_id, info.format)
     try:
-        gw.storage.put(stored_key, upload.image, content_type_for(info.format))
-        created_at = datetime.now(UTC).isoformat()
-        save_record(gw.redis, gw.settings, job_id, JobRecord(request.tenant, created_at))
-        payload = JobPayload(
-            job_id=job_id,
-            tenant=request.tenant,
-            engine=engine,
-            params=params.model_copy(update={"output_format": output_format}).model_dump(
-                mode="json"
-            ),
-            input_key=stored_key,
-            input=info.model_dump(),
-            created_at=created_at,
-        )
-        enqueue_upscale(gw.queues, payload)
+        with contextlib.ExitStack() as claim:
+            if key is not None:
+                claim.enter_context(idempotency.ClaimKeeper(gw.redis, request.tenant, key))
+            _store(gw, request, upload, params, info, job_id, stored_key, engine)
     except BaseException:
         # Undo what can be undone; a cleanup that fails too must not hide the first error.
         with contextlib.suppress(Exception):
@@ -128,8 +118,49 @@ def _store_and_enqueue(
             with contextlib.suppress(Exception):
                 idempotency.release(gw.redis, request.tenant, key)
         raise
-    track_in_flight(gw.redis, gw.settings, request.tenant, job_id)
+    _confirm(gw, request, job_id)
     return Submitted(job_id=job_id, replayed=False)
+
+
+def _store(
+    gw: Gateway,
+    request: SubmitRequest,
+    upload: Upload,
+    params: UpscaleParams,
+    info: ImageInfo,
+    job_id: str,
+    stored_key: str,
+    engine: str,
+) -> None:
+    """The input object, the ownership record, then the RQ job, on ``engine``'s queue."""
+    output_format = params.output_format or default_output_format(info.format)
+    gw.storage.put(stored_key, upload.image, content_type_for(info.format))
+    created_at = datetime.now(UTC).isoformat()
+    save_record(gw.redis, gw.settings, job_id, JobRecord(request.tenant, created_at))
+    payload = JobPayload(
+        job_id=job_id,
+        tenant=request.tenant,
+        engine=engine,
+        params=params.model_copy(update={"output_format": output_format}).model_dump(mode="json"),
+        input_key=stored_key,
+        input=info.model_dump(),
+        created_at=created_at,
+    )
+    enqueue_upscale(gw.queues, payload)
+
+
+def _confirm(gw: Gateway, request: SubmitRequest, job_id: str) -> None:
+    """The job is queued: count it in flight, keep its Idempotency-Key for the retention, and
+    wait until Redis has it on disk (see :mod:`megasr.service.durability`); one pipeline."""
+    settings = gw.settings
+    with gw.redis.pipeline(transaction=False) as pipe:
+        track_in_flight(pipe, settings, request.tenant, job_id)
+        if request.idempotency_key is not None:
+            idempotency.keep(pipe, request.tenant, request.idempotency_key, settings.result_ttl_s)
+        waited = gw.durability.wait_in(gw.redis, pipe)
+        replies = pipe.execute(raise_on_error=False)
+    if waited:
+        gw.durability.check(replies[-1])
 
 
 def _outcome(error: MegaSRError) -> str:

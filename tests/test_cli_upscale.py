@@ -123,6 +123,49 @@ def test_bad_input_one_line_error_no_file(tmp_path: Path, content: bytes, messag
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_a_refused_image_is_not_counted_done_and_a_log_gets_no_bar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a terminal the bar stays at 0/1 for a refused image; into a log, no bar is drawn."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"hello, I am text\n")
+    status = main(["upscale", str(bad), "-o", str(tmp_path / "out")])  # stderr: not a TTY
+    logged = capsys.readouterr().err
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 cols
+    command = [sys.executable, "-m", "megasr.cli.main", "upscale", str(bad), "-o", str(tmp_path)]
+    with subprocess.Popen(command, stderr=secondary, stdout=subprocess.DEVNULL) as process:
+        os.close(secondary)
+        screen = _read_all(primary)
+        process.wait(timeout=300)
+
+    assert status == process.returncode == 1
+    assert logged.strip().splitlines() == [
+        f"megasr: error: {bad}: the data is not an image in a known format (or it is corrupt)"
+    ]
+    assert "0/1" in screen and "100%" not in screen and "1/1" not in screen
+
+
+def _read_all(descriptor: int) -> str:
+    """Everything written to a pseudo-terminal until its writer closes it."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(descriptor, 4096)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(descriptor)
+    return b"".join(chunks).decode(errors="replace")
+
+
 def test_truncated_jpeg_leaves_no_half_file(tmp_path: Path, coffee: np.ndarray) -> None:
     full = tmp_path / "full.jpg"
     Image.fromarray(coffee[:64, :64]).save(full, quality=90)

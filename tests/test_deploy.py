@@ -307,6 +307,7 @@ def test_compose_runs_redis_with_an_append_only_file(compose: Doc) -> None:
     redis = compose["services"]["redis"]
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "always"  # docs/reliability.md
     assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     assert any(volume.endswith(":/data") for volume in redis["volumes"])
 
@@ -1031,6 +1032,7 @@ def test_only_gateway_workers_and_keda_reach_redis(
     redis = named(docs, "StatefulSet", "megasr-redis")
     args = pod_spec(redis)["containers"][0]["args"]
     assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--appendfsync") + 1] == "always"  # docs/reliability.md
     assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
 
 

@@ -33,7 +33,7 @@ from megasr.errors import (
     MegaSRError,
     UnsupportedFormatError,
 )
-from megasr.imaging.decode import ImageInfo, decode_image, probe_image
+from megasr.imaging.decode import ImageInfo, check_upload, decode_image, probe_image
 from megasr.imaging.image import ImageLimits
 
 RGB = blocks(BLOCK_RGB)
@@ -541,3 +541,44 @@ def test_damaged_files_decode_or_raise_only_project_errors(build: Callable[[], b
         except MegaSRError:
             continue
         assert np.isfinite(decoded.rgb).all() and 0 <= decoded.rgb.min() <= decoded.rgb.max() <= 1
+
+
+# -- the gateway's check: the header and cheap whole-file checks, never a full decode ---------
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_check_upload_gives_the_upright_size_the_decode_gives(orientation: int, fmt: str) -> None:
+    data = save(Image.fromarray(RGB), fmt, exif=exif_orientation(orientation))
+
+    info = check_upload(data)
+
+    decoded = decode_image(data)
+    assert (info.width, info.height) == (decoded.width, decoded.height)
+    assert info.format == decoded.source_format
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"], ids=["truncated-jpeg", "truncated-png"])
+def test_check_upload_refuses_a_truncated_jpeg_or_png(fmt: str) -> None:
+    noise = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    data = save(Image.fromarray(noise), fmt)
+
+    with pytest.raises(InvalidImageError, match=rf"^the {fmt} image is truncated or corrupt: "):
+        check_upload(data[: len(data) // 2])
+
+
+def test_check_upload_refuses_a_png_with_a_broken_crc() -> None:
+    data = bytearray(save(Image.fromarray(RGB), "PNG"))
+    data[data.index(b"IDAT") + 6] ^= 0xFF
+
+    with pytest.raises(InvalidImageError, match="PNG image is truncated or corrupt"):
+        check_upload(bytes(data))
+
+
+def test_check_upload_applies_the_limits_and_the_formats() -> None:
+    with pytest.raises(ImageTooLargeError, match="over the limit of 40000000 pixels"):
+        check_upload(png_header_only(100_000, 100_000))
+    with pytest.raises(UnsupportedFormatError):
+        check_upload(save(Image.fromarray(RGB), "PPM"))
+    with pytest.raises(InvalidImageError, match="empty"):
+        check_upload(b"")

@@ -11,14 +11,17 @@ import torch
 from megasr.model.megasr.adapter import is_adapter_key
 
 
-@pytest.fixture(scope="module")
-def bench(repo_root):
-    spec = importlib.util.spec_from_file_location(
-        "megasr_gpu", repo_root / "bench" / "megasr_gpu.py"
-    )
+def _bench_script(repo_root, name: str):
+    """A script of bench/ (not a package) imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, repo_root / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench(repo_root):
+    return _bench_script(repo_root, "megasr_gpu")
 
 
 def test_full_size_model_has_the_sd2_base_parameter_counts(bench):
@@ -41,3 +44,25 @@ def test_without_cuda_it_stops_at_once_with_a_clear_message(bench, monkeypatch, 
     monkeypatch.setattr(sys, "argv", ["megasr_gpu.py"])
     assert bench.main() == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def sampling_bench(repo_root):
+    return _bench_script(repo_root, "megasr_sampling")
+
+
+def test_the_step_cache_saves_flops_of_the_full_size_model_after_the_first_step(sampling_bench):
+    flops = sampling_bench.measure_flops(8)  # on the meta device: shapes only, no compute
+    assert flops["first_step"] == flops["uncached"]  # the first step fills the cache
+    assert flops["later_steps"] < 0.9 * flops["uncached"]
+
+
+def test_the_transfer_counter_counts_host_tensors_sent_to_a_device(sampling_bench):
+    moves = sampling_bench.DeviceMoves()
+    with moves:
+        torch.zeros(10).to("cpu")  # a move to "the device", even where that is the host
+        torch.zeros(10).to(torch.float16)  # a cast, not a move
+        torch.zeros(4).to(device=torch.device("cpu"), dtype=torch.float64)
+        moves.step_done()
+    assert moves.per_step == [40 + 16]
+    assert torch.Tensor.to is moves._original  # put back

@@ -432,3 +432,44 @@ def test_a_zero_gated_model_samples_exactly_as_the_base_pipeline(photo):
         options = replace(gated.config.inference, steps=2)
         (lr,) = gated.prepare([RestoreInput(photo[:, :64, :96], (64, 96), seed=3, options=options)])
         assert torch.equal(gated.pipeline().restore_one(lr), base.pipeline().restore_one(lr))
+
+
+def test_preparation_runs_each_extractor_once_for_all_images(model, photo):
+    """The images of a call go through CLIP (tokens and tags from one vision pass), depth,
+    segmentation and the text encoder together; HED once per image size."""
+    calls: dict[str, int] = {}
+    extractors = model.extractors
+    counted = {
+        "clip vision": extractors.clip.model.vision_model,
+        "depth": extractors.depth.model,
+        "segmentation": extractors.segmentation.model,
+        "hed": extractors.hed,
+        "text encoder": model.text_encoder,
+    }
+    hooks = [
+        module.register_forward_pre_hook(
+            lambda *_, name=name: calls.__setitem__(name, calls.get(name, 0) + 1)
+        )
+        for name, module in counted.items()
+    ]
+    try:
+        requests = model.prepare(
+            [
+                RestoreInput(photo[:, :32, :48], (128, 192), prompt="a cup"),
+                RestoreInput(photo[:, 32:64, :48], (128, 192)),
+                RestoreInput(photo[:, :16, :16], (64, 64), prompt="coffee"),
+            ]
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == {
+        "clip vision": 1,
+        "depth": 1,
+        "segmentation": 1,
+        "hed": 2,
+        "text encoder": 1,
+    }
+    assert [tuple(r.hed.shape) for r in requests] == [(1, 128, 192), (1, 128, 192), (1, 64, 64)]
+    # Each image's depth is stretched over that whole image.
+    assert all(r.depth.min() == 0 and r.depth.max() == 1 for r in requests)

@@ -12,8 +12,9 @@ from redis import Redis
 
 from megasr.loopback import free_port
 from megasr.queue import EngineQueues
-from megasr.service.metrics import GatewayMetrics, QueueDepthCollector
+from megasr.service.metrics import GatewayMetrics, QueueDepthCollector, WebhookOutboxCollector
 from megasr.settings import Settings
+from megasr.webhook_outbox import WebhookOutbox
 from megasr.worker.metrics import WorkerMetrics
 
 # Variables the page may name that are not settings: the settings file and the client CLI's.
@@ -77,7 +78,9 @@ def test_every_metric_is_listed_with_its_type(page):
     redis = Redis(port=free_port())  # never connected: names only
     queues = EngineQueues(Settings(queue_name="docs"), redis)
     gateway = GatewayMetrics(queues)
+    outbox = WebhookOutbox(redis, "docs")
     families = [*gateway.registry.collect(), *QueueDepthCollector(queues).describe()]
+    families += WebhookOutboxCollector(outbox).describe()
     families += WorkerMetrics().registry.collect()
     exposed = {
         family.name + ("_total" if family.type == "counter" else ""): family.type

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from rq.job import Job, JobStatus
 from rq.results import Result
-from webhook_receiver import WebhookReceiver
+from webhook_receiver import LOOPBACK_NETWORKS, Answer, WebhookReceiver, fail_first
 from worker_support import SECRET, Cluster, WorkerProcess, value, wait_for
 
 from megasr.embedded_redis import EmbeddedRedis
@@ -35,9 +35,11 @@ QUEUE = "chaos"
 # The faulty engine's queue first: a worker looks at it before the other's, so a poison job
 # comes first in its batch and its batch-mates are still in hand when the device fails.
 ENGINES = ["worker_engines:DeviceFaultEngine", "worker_engines:TinyEngine"]
+WEBHOOK_ATTEMPTS = 60  # waits of 0.05 s doubling up to 1 s: a receiver down for a minute
 WORKER_ENV = {
     "MEGASR_WORKER_ENGINES": json.dumps(ENGINES),
-    "MEGASR_WEBHOOK_ATTEMPTS": "12",  # 0.05 s doubling: rides out a receiver down ~50 s
+    "MEGASR_WEBHOOK_ATTEMPTS": str(WEBHOOK_ATTEMPTS),
+    "MEGASR_WEBHOOK_MAX_BACKOFF_S": "1",
     "MEGASR_STORAGE_RETRY_S": "60",
 }
 TERMINAL = (JobStatus.FINISHED, JobStatus.FAILED)
@@ -49,7 +51,8 @@ class Fleet:
     def __init__(self, root: Path, redis: EmbeddedRedis, crop: np.ndarray) -> None:
         self.redis = redis
         self.cluster = Cluster(root, redis)
-        self.receiver = WebhookReceiver()
+        self.receiver_down = False
+        self.receiver = WebhookReceiver(self._answer)
         settings = self.cluster.settings(
             QUEUE,
             auth_enabled=False,
@@ -57,13 +60,19 @@ class Fleet:
             maintenance_interval_s=0.5,
             webhook_secret=SECRET,
             webhook_backoff_s=0.05,
-            webhook_attempts=12,
+            webhook_max_backoff_s=1.0,
+            webhook_attempts=WEBHOOK_ATTEMPTS,
+            webhook_allowed_networks=LOOPBACK_NETWORKS,
         )
         self.gateway = Gateway.from_settings(settings)
         self.workers: list[WorkerProcess] = []
         self.jobs: list[str] = []
         self.faults: list[str] = []
         self.crop = crop  # one 32-pixel tile
+
+    def _answer(self, attempt: int) -> Answer:
+        """503 to every delivery while the receiver is "down", else as usual."""
+        return (503, {}) if self.receiver_down else fail_first(attempt)
 
     def start(self, name: str, hold: bool = False, **env: str) -> WorkerProcess:
         worker = WorkerProcess(self.cluster, QUEUE, name, env={**WORKER_ENV, **env}).wait_ready()
@@ -107,7 +116,9 @@ class Fleet:
         return all(self.cluster.status(job_id) in TERMINAL for job_id in ids)
 
     def webhooks_delivered(self) -> bool:
-        """Every job that ended has its webhook: nothing pending in a worker's memory."""
+        """Every job that ended has its webhook. Waited for before a worker is killed, so no
+        delivery is mid-attempt in it: the outbox would keep such a delivery (another process
+        delivers it), but only once its claim's lease of tens of seconds has run out."""
         ended = [j for j in self.jobs if self.cluster.status(j) in TERMINAL]
         return set(ended) <= set(self.receiver.accepted())
 
@@ -182,14 +193,14 @@ def test_no_job_is_lost_or_run_twice_through_crashes_and_outages(fleet: Fleet) -
     w4 = fleet.start("w4", hold=True)
     wave = fleet.submit(6)
     through_restart = wait_for(lambda: fleet.held_by(w4), "w4 to hold a batch")
-    fleet.receiver.down = True
+    fleet.receiver_down = True
     fleet.faults.append("webhook receiver down")
     fleet.redis.stop()  # it saves its data on the way out
     fleet.redis.start()
     fleet.faults.append("Redis restarted")
     w4.hold.unlink()
     wait_for(lambda: fleet.all_done(mates + wave), "w4 to go on after the restart")
-    fleet.receiver.down = False
+    fleet.receiver_down = False
     for job_id in through_restart:  # the batch in hand went on: same worker, same run
         job = fleet.job(job_id)
         assert (job.get_status(), job.worker_name) == (JobStatus.FINISHED, "w4")

@@ -2,42 +2,61 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from megasr.client import verify_webhook as verify
+
+# Where a test's receivers listen: settings must let loopback through the address check.
+LOOPBACK_NETWORKS = ["127.0.0.0/8"]
+
+
+Answer = tuple[int, dict[str, str]]  # status and extra headers
+
+
+def fail_first(attempt: int) -> Answer:
+    """503 to a job's first delivery, 204 after: every test sees one retry."""
+    return (503, {}) if attempt == 1 else (204, {})
 
 
 class WebhookReceiver:
-    """A real HTTP endpoint on loopback that answers 503 to each job's first delivery, and to
-    every delivery while ``down`` is set (a receiver that is down for a while)."""
+    """A real HTTP endpoint on loopback; ``answer`` decides the reply to a job's n-th POST.
 
-    def __init__(self) -> None:
+    ``deliveries`` holds the (headers, body) of each POST answered 2xx, ``requests`` the
+    (Host header, path) of every POST.
+    """
+
+    def __init__(self, answer: Callable[[int], Answer] = fail_first) -> None:
         self.deliveries: list[tuple[dict[str, str], bytes]] = []
         self.attempts: dict[str, int] = {}
-        self.down = False
+        self.requests: list[tuple[str, str]] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 job_id = json.loads(body)["id"]
+                receiver.requests.append((self.headers["Host"], self.path))
                 receiver.attempts[job_id] = receiver.attempts.get(job_id, 0) + 1
-                if receiver.attempts[job_id] == 1 or receiver.down:
-                    self.send_response(503)
-                else:
+                status, headers = answer(receiver.attempts[job_id])
+                if 200 <= status < 300:
                     receiver.deliveries.append(
                         ({k.lower(): v for k, v in self.headers.items()}, body)
                     )
-                    self.send_response(204)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, *args: object) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -45,7 +64,7 @@ class WebhookReceiver:
         self.server.server_close()
 
     def accepted(self) -> dict[str, list[bytes]]:
-        """The accepted deliveries' bodies, by job id."""
+        """The bodies of the deliveries answered 2xx, by job id."""
         by_job: dict[str, list[bytes]] = {}
         for _, body in list(self.deliveries):
             by_job.setdefault(json.loads(body)["id"], []).append(body)
@@ -55,8 +74,7 @@ class WebhookReceiver:
         """Each delivered job's JSON by id, after checking every signature against ``secret``."""
         views = {}
         for headers, body in self.deliveries:
-            expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-            assert hmac.compare_digest(headers["x-megasr-signature"], expected)
+            verify(body, headers, secret)  # raises on a bad signature or an old timestamp
             view = json.loads(body)
             views[view["id"]] = view
         return views

@@ -23,6 +23,7 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
 from rq.job import Job, JobStatus
+from webhook_receiver import LOOPBACK_NETWORKS
 
 from megasr.embedded_redis import EmbeddedRedis
 from megasr.jobs import TASK_FUNC, JobPayload, UpscaleParams, new_job_id
@@ -107,6 +108,7 @@ class Cluster:
             MEGASR_WORKER_MAINTENANCE_INTERVAL_S="1",
             MEGASR_WEBHOOK_SECRET=SECRET,
             MEGASR_WEBHOOK_BACKOFF_S="0.05",
+            MEGASR_WEBHOOK_ALLOWED_NETWORKS=json.dumps(LOOPBACK_NETWORKS),
             MEGASR_TEST_HOLD=str(hold),
             MEGASR_CPU_THREADS="1",  # several workers share the machine's cores
         )

@@ -74,7 +74,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help=f"{', '.join(OUTPUT_FORMATS)} (default: the input's, else png)",
     )
     parser.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality, 1 to 100")
-    parser.add_argument("--tile", type=int, default=None, help="engine tile side in pixels")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="engine tile side in pixels (megasr: its latent tile, in output pixels)",
+    )
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -100,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
             except MegaSRError as error:
                 failures += 1
                 images.write(f"megasr: error: {job.source}: {error.detail}", file=sys.stderr)
+                continue  # the bar counts written images: a refused one is not done
             images.update(1)
     return 1 if failures else 0
 
@@ -206,6 +212,8 @@ def _read(path: Path, limits: ImageLimits) -> bytes:
 
 
 def _progress(total: int | None, unit: str, quiet: bool, leave: bool = True):
+    """A bar on stderr; none with --quiet or when stderr is no terminal (a log, a pipe)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, unit=f" {unit}", disable=quiet, leave=leave, file=sys.stderr)
+    hidden = quiet or not sys.stderr.isatty()
+    return tqdm(total=total, unit=f" {unit}", disable=hidden, leave=leave, file=sys.stderr)

@@ -74,6 +74,7 @@ _WORKING_MODES: dict[str, tuple[str, str | None]] = {
     "F": ("F", None),
 }
 _DEEP_GRAY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # these swap width and height
 _MULTI_FRAME_KIND = {"TIFF": "multi-page", "HEIF": "multi-image"}
 _DEFAULT_LIMITS = ImageLimits()  # frozen, so one shared default is safe
 
@@ -93,6 +94,31 @@ def probe_image(data: bytes, limits: ImageLimits = _DEFAULT_LIMITS) -> ImageInfo
     """Identify an upload and check it against ``limits``, reading the header only."""
     with _open(data, limits) as image, _decode_errors("image"):
         return _info(image)
+
+
+def check_upload(data: bytes, limits: ImageLimits = _DEFAULT_LIMITS) -> ImageInfo:
+    """What a gateway needs to know of an upload, without decoding it at full size.
+
+    The header gives the format, size, mode and frame count, checked against ``limits``; the
+    size is the upright one (the EXIF orientation read from the header, as :func:`decode_image`
+    applies it). Where a check of the whole file is cheap it is made: a PNG's chunk CRCs
+    through the end marker (no inflating), a JPEG decoded at 1/8 scale with ``draft()`` (its
+    entropy-coded data read to the end, into an image 64 times smaller). Anything else
+    in the data is the full decode's to find, on a worker.
+    """
+    with _open(data, limits) as image:
+        with _decode_errors("image"):
+            info = _info(image)
+            if image.mode not in _WORKING_MODES:
+                raise UnsupportedFormatError(
+                    f"{image.format} images in mode {image.mode} are not supported"
+                )
+            transposed = _header_orientation(image) in _TRANSPOSING_ORIENTATIONS
+        with _decode_errors(f"{info.format.upper()} image"):
+            _check_whole_file(image)
+    if transposed:
+        return ImageInfo(info.format, info.height, info.width, info.frames, info.mode)
+    return info
 
 
 def decode_image(data: bytes, limits: ImageLimits = _DEFAULT_LIMITS) -> DecodedImage:
@@ -190,6 +216,29 @@ def _decode_errors(what: str) -> Iterator[None]:
         raise InvalidImageError(f"the {what} is truncated or corrupt: {exc}") from exc
 
 
+def _check_whole_file(image: ImageFile.ImageFile) -> None:
+    """The cheap whole-file checks of :func:`check_upload` (see there)."""
+    if image.format == "PNG":
+        image.verify()
+    elif image.format in ("JPEG", "MPO"):
+        image.draft(None, (max(1, image.width // 8), max(1, image.height // 8)))
+        image.load()
+
+
+def _header_orientation(image: ImageFile.ImageFile) -> int:
+    """The EXIF orientation the header holds, without loading the pixels (a PNG loads them
+    to look for an eXIf chunk after its image data; one that comes first is in ``info``)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    return _exif_orientation(image)
+
+
+def _exif_orientation(image: ImageFile.ImageFile) -> int:
+    """The EXIF orientation (1 to 8; 1 is upright) of what has been read so far."""
+    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return orientation if orientation in range(1, 9) else 1
+
+
 def _info(image: ImageFile.ImageFile) -> ImageInfo:
     pillow_format = str(image.format)
     # An MPO's extra images are depth maps and previews, not frames of the picture.
@@ -263,8 +312,7 @@ def _pillow_pixels(
 def _orientation(image: ImageFile.ImageFile) -> int:
     """The EXIF orientation (1 to 8; 1 is upright), read after the load for late EXIF chunks."""
     image.load()
-    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    return orientation if orientation in range(1, 9) else 1
+    return _exif_orientation(image)
 
 
 def _to_working_mode(image: Image.Image) -> Image.Image:

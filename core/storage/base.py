@@ -1,6 +1,8 @@
 """The storage interface and the object keys every back end uses.
 
-Keys are ``inputs/{job_id}/input.{ext}`` and ``outputs/{job_id}/output.{ext}``. Missing
+Keys are ``inputs/{job_id}/input.{ext}`` and ``outputs/{job_id}/output.{ext}``; nothing
+else is ever written, and the retention sweep removes nothing else (:func:`is_project_key`),
+so a bucket or folder shared with other data is safe. Missing
 objects raise :class:`~megasr.errors.NotFoundError`; a back end that cannot be reached raises
 :class:`~megasr.errors.ServiceUnavailableError`, so the gateway answers 404 or 503 without
 knowing which back end it talks to.
@@ -15,6 +17,10 @@ from typing import Protocol, runtime_checkable
 from megasr.errors import InvalidParameterError
 
 _KEY_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_.-]+)*$")
+_PROJECT_KEY = re.compile(
+    r"^(inputs/[A-Za-z0-9_-]+/input|outputs/[A-Za-z0-9_-]+/output)\.[a-z0-9]+$"
+)
+KEY_FOLDERS = ("inputs/", "outputs/")  # the only folders keys live in
 _EXTENSIONS = {"jpeg": "jpg", "tiff": "tif"}
 _CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
@@ -40,6 +46,11 @@ def check_key(key: str) -> str:
     if not _KEY_PATTERN.match(key) or ".." in key.split("/"):
         raise InvalidParameterError(f"invalid storage key {key!r}")
     return key
+
+
+def is_project_key(key: str) -> bool:
+    """Whether ``key`` has the form of an input or output key, the only ones a sweep removes."""
+    return bool(_PROJECT_KEY.match(key))
 
 
 def _extension(image_format: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from megasr.errors import NotFoundError, ServiceUnavailableError
 from megasr.files import write_atomic
-from megasr.storage.base import CHUNK_SIZE, check_key
+from megasr.storage.base import CHUNK_SIZE, KEY_FOLDERS, check_key, is_project_key
 
 
 class LocalStorage:
@@ -62,8 +62,10 @@ class LocalStorage:
     def sweep(self, older_than_s: float) -> int:
         cutoff = time.time() - older_than_s
         removed = 0
-        for path in self.root.glob("*/*/*"):
-            if path.is_file() and path.stat().st_mtime < cutoff:
+        paths = (path for folder in KEY_FOLDERS for path in (self.root / folder).glob("*/*"))
+        for path in paths:
+            key = path.relative_to(self.root).as_posix()
+            if is_project_key(key) and path.is_file() and path.stat().st_mtime < cutoff:
                 path.unlink(missing_ok=True)
                 removed += 1
                 _remove_if_empty(path.parent)

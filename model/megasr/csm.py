@@ -112,8 +112,12 @@ class CSMProcessor(nn.Module):
         return key.repeat(copies, 1, 1, 1), value.repeat(copies, 1, 1, 1)
 
 
-class PlainAttnProcessor(AttnProcessor2_0):
-    """diffusers' scaled-dot-product attention, accepting (and ignoring) the ``megasr`` key."""
+class IgnoresConditions:
+    """A diffusers attention processor that accepts (and ignores) the ``megasr`` key.
+
+    Mixed in before the diffusers processor it extends; the ``__call__`` is spelled out
+    because diffusers reads its signature to decide which keyword arguments reach it.
+    """
 
     def __call__(
         self,
@@ -127,19 +131,12 @@ class PlainAttnProcessor(AttnProcessor2_0):
         return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
-class PlainFusedAttnProcessor(FusedAttnProcessor2_0):
-    """diffusers' fused-projection attention, accepting (and ignoring) the ``megasr`` key."""
+class PlainAttnProcessor(IgnoresConditions, AttnProcessor2_0):
+    """diffusers' scaled-dot-product attention, for layers without a CSM."""
 
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        megasr: MegaSRConditions | None = None,
-    ) -> torch.Tensor:
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+class PlainFusedAttnProcessor(IgnoresConditions, FusedAttnProcessor2_0):
+    """diffusers' fused-projection attention, for fused self-attention layers."""
 
 
 def check_supported(attn: Attention) -> None:

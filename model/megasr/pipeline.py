@@ -225,7 +225,8 @@ class MegaSRPipeline:
 
     def _prepare(self, request: ImageRequest, batches: HalvingBatches) -> _Image:
         options = request.options or self.options
-        if options.guidance_scale > 1.0 and request.negative_text is None:
+        guided = options.guidance_scale > 1.0
+        if guided and request.negative_text is None:
             raise InvalidParameterError("classifier-free guidance needs negative embeddings")
         device, dtype = self.device, self.dtype
         _, height, width = request.lr_up.shape
@@ -250,11 +251,7 @@ class MegaSRPipeline:
             options.tile_sigma,
             self.denoiser.latent_multiple,
         )
-        texts = (
-            [request.negative_text, request.text]
-            if options.guidance_scale > 1.0
-            else [request.text]
-        )
+        texts = [request.negative_text, request.text] if guided else [request.text]
         return _Image(
             request=request,
             options=options,

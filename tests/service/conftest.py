@@ -27,6 +27,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 
 
 @pytest.fixture
+def redis(redis_server: EmbeddedRedis) -> Iterator[Redis]:
+    """A client of the shared Redis, flushed first."""
+    with Redis.from_url(redis_server.url) as client:
+        client.flushdb()
+        yield client
+
+
+@pytest.fixture
 def photo(coffee: np.ndarray) -> bytes:
     """A real photograph, 96x64, as PNG bytes."""
     return png_bytes(np.ascontiguousarray(coffee[100:164, 200:296]))

@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import uvicorn
 from PIL import Image
+from webhook_receiver import LOOPBACK_NETWORKS
 
 from megasr.loopback import ChildServer, free_port, wait_until, worker_command
 from megasr.service import create_app
@@ -32,10 +33,15 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 class Gateway:
     """A gateway app served by uvicorn in a thread on a free loopback port."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, access_log: bool = False) -> None:
+        """``access_log``: uvicorn logs every request at INFO, through the root logger (so
+        pytest's ``caplog`` sees it); otherwise it logs warnings only."""
         self.settings = settings
         self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning")
+        logs = {"log_config": None, "log_level": "info"} if access_log else {}
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=0, **({"log_level": "warning"} | logs)
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -73,6 +79,7 @@ def worker_env(redis_url: str, data_dir: Path, queue: str, **extra: str) -> dict
         MEGASR_WORKER_ENGINES=json.dumps(["worker_engines:TinyEngine"]),
         MEGASR_DEVICE="cpu",
         MEGASR_MAX_WAIT_MS="20",
+        MEGASR_WEBHOOK_ALLOWED_NETWORKS=json.dumps(LOOPBACK_NETWORKS),
     )
     env.update(extra)
     return env

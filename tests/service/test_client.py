@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from service_support import free_port
+from service_support import KEY_A, free_port
 
 from megasr.client import Client
 from megasr.errors import (
@@ -97,17 +97,53 @@ def test_a_bad_key_is_an_authentication_error(gateway, photo):
 
 def test_rate_limits_carry_retry_after(start_gateway, photo):
     gateway = start_gateway(max_queue_depth=1, busy_retry_after_s=9)
-    with Client(gateway.url, api_key="key-a") as client:
+    with Client(gateway.url, api_key="key-a", retries=0) as client:
         client.submit(photo)
         with pytest.raises(RateLimitedError) as caught:
             client.submit(photo)
     assert caught.value.retry_after_s == 9
 
 
-def test_an_unreachable_service_is_unavailable(photo):
-    client = Client(f"http://127.0.0.1:{free_port()}")
+def test_a_full_queue_is_waited_for_as_retry_after_says(start_gateway, photo):
+    """The second submit gets 429 with Retry-After: 9; while the client waits, the first job
+    is canceled, and the repeated submit (same Idempotency-Key) is accepted."""
+    gateway = start_gateway(max_queue_depth=1, busy_retry_after_s=9)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        gateway.http.delete(f"/v1/jobs/{first.id}", headers=KEY_A)
+
+    with Client(gateway.url, api_key="key-a", sleep=sleep) as client:
+        first = client.submit(photo)
+        second = client.submit(photo, scale=2)
+
+    assert waits == [9.0]
+    assert second.id != first.id and len(gateway.queued()) == 1
+
+
+def test_wait_polls_less_often_while_nothing_changes(gateway, photo):
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 8:
+            gateway.http.delete(f"/v1/jobs/{job.id}", headers=KEY_A)
+
+    with Client(gateway.url, api_key="key-a", sleep=sleep) as client:
+        job = client.submit(photo)  # no worker: it stays queued until canceled
+        with pytest.raises(JobFailedError, match="canceled"):
+            client.wait(job.id, poll_interval_s=0.5)
+
+    assert waits == pytest.approx([0.5, 0.75, 1.125, 1.6875, 2.53125, 3.796875, 5.0, 5.0])
+
+
+def test_an_unreachable_service_is_unavailable_after_the_retries(photo):
+    waits: list[float] = []
+    client = Client(f"http://127.0.0.1:{free_port()}", retries=3, sleep=waits.append)
     with client, pytest.raises(ServiceUnavailableError, match="cannot reach"):
         client.submit(photo)
+    assert waits == [1.0, 2.0, 4.0]
 
 
 def test_problems_map_back_to_their_errors():

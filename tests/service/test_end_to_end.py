@@ -29,7 +29,7 @@ from service_support import (
     wait_until,
     worker_env,
 )
-from webhook_receiver import WebhookReceiver
+from webhook_receiver import LOOPBACK_NETWORKS, WebhookReceiver
 
 from megasr.client import Client
 from megasr.jobs import JobStatus
@@ -60,6 +60,7 @@ def start_stack(root: Path, queue: str, **overrides: str) -> Stack:
         "data_dir": root / "data",
         "queue_name": queue,
         "api_keys": API_KEYS,
+        "webhook_allowed_networks": LOOPBACK_NETWORKS,
         **overrides,
     }
     env_overrides = {f"MEGASR_{k.upper()}": str(v) for k, v in overrides.items()}

@@ -4,16 +4,19 @@ idempotency, cancel, limits and the problem+json shape of every error."""
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
 from PIL import Image
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
-from service_support import KEY_A, KEY_B, png_bytes
+from service_support import KEY_A, KEY_B, png_bytes, wait_until
 
 from megasr.cancellation import is_cancel_requested
+from megasr.jobs import UpscaleParams
 from megasr.queue import JOB_SERIALIZER
+from megasr.service import idempotency
 from megasr.service.views import public_status
 
 PROBLEM = "application/problem+json"
@@ -211,6 +214,51 @@ def test_same_idempotency_key_gives_one_job(gateway, photo):
     other_tenant = submit(gateway, photo, headers={**KEY_B, "Idempotency-Key": "order-42"})
     assert other_tenant.json()["id"] != first.json()["id"]
     assert len(gateway.queued()) == 2
+
+
+def test_an_accepted_idempotency_key_is_kept_for_the_retention(gateway, photo):
+    submit(gateway, photo, headers={**KEY_A, "Idempotency-Key": "kept"})
+
+    ttl = gateway.redis.ttl(idempotency.idempotency_key("tenant-a", "kept"))
+    assert gateway.settings.result_ttl_s - 60 < ttl <= gateway.settings.result_ttl_s
+
+
+def test_a_crashed_submissions_claim_lapses_within_seconds(gateway, photo):
+    """A gateway that died mid-submission leaves a claim and no job: 409 until the claim's
+    short TTL lapses, then the key is free again."""
+    name = idempotency.idempotency_key("tenant-a", "crashed")
+    same = idempotency.fingerprint(photo, UpscaleParams.parse({}).model_dump(mode="json"))
+    idempotency.claim(gateway.redis, "tenant-a", "crashed", same, "gone", idempotency.CLAIM_TTL_S)
+    headers = {**KEY_A, "Idempotency-Key": "crashed"}
+
+    assert_problem(submit(gateway, photo, headers=headers), 409, "conflict")
+    assert 0 < gateway.redis.pttl(name) <= idempotency.CLAIM_TTL_S * 1000
+    gateway.redis.delete(name)  # what the TTL does
+    assert submit(gateway, photo, headers=headers).status_code == 202
+
+
+def test_a_claim_is_renewed_while_its_submission_runs(gateway, monkeypatch):
+    monkeypatch.setattr(idempotency, "CLAIM_TTL_S", 0.3)
+    name = idempotency.idempotency_key("tenant-a", "slow")
+    idempotency.claim(gateway.redis, "tenant-a", "slow", "fp", "job", idempotency.CLAIM_TTL_S)
+
+    with idempotency.ClaimKeeper(gateway.redis, "tenant-a", "slow"):
+        # Left to itself it lapses in 150 ms; the keeper renews it to 300 every 100 ms.
+        gateway.redis.pexpire(name, 150)
+        wait_until(lambda: gateway.redis.pttl(name) > 200, "a renewal")
+
+
+def test_a_failed_submission_releases_its_claim_and_shows_no_path(start_gateway, photo, tmp_path):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the storage folder should be")
+    gateway = start_gateway(data_dir=blocked)
+    headers = {**KEY_A, "Idempotency-Key": "fails"}
+
+    body = assert_problem(submit(gateway, photo, headers=headers), 503, "service-unavailable")
+
+    assert str(tmp_path) not in json.dumps(body) and "/" not in body["detail"]
+    assert not gateway.redis.exists(idempotency.idempotency_key("tenant-a", "fails"))
+    assert len(gateway.queued()) == 0
 
 
 def test_cancel_a_queued_job(gateway, photo):

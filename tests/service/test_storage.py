@@ -92,6 +92,51 @@ def test_sweep_removes_only_old_objects(storage):
     assert not storage.exists("outputs/old/output.png")
 
 
+def test_the_sweep_of_a_shared_bucket_touches_only_the_projects_objects(s3_endpoint, photo):
+    """Another application's objects share the bucket, some named like ours: none goes."""
+    storage = S3Storage(
+        bucket=f"shared-{uuid.uuid4().hex[:12]}",
+        endpoint_url=s3_endpoint,
+        access_key_id="test",
+        secret_access_key=SECRET,
+        prefix="megasr/",
+    )
+    storage.ensure_bucket()
+    theirs = [
+        "backups/db.tar",
+        "inputs/j1/input.png",  # our layout, but outside our prefix
+        "megasr/notes.txt",
+        "megasr/inputs/readme.txt",  # inside our prefix, but not a key of ours
+    ]
+    for name in theirs:
+        storage.client.put_object(Bucket=storage.bucket, Key=name, Body=b"not megasr's")
+    storage.put("inputs/j1/input.png", photo, "image/png")
+    storage.put("outputs/j1/output.png", photo, "image/png")
+
+    assert storage.client.head_object(Bucket=storage.bucket, Key="megasr/inputs/j1/input.png")
+    assert storage.sweep(older_than_s=-1) == 2  # moto stamps real times: all are "old"
+
+    left = storage.client.list_objects_v2(Bucket=storage.bucket)["Contents"]
+    assert sorted(item["Key"] for item in left) == sorted(theirs)
+
+
+def test_the_local_sweep_touches_only_the_projects_files(local, photo):
+    local.put("outputs/j1/output.png", photo, "image/png")
+    stray = [local.root / "notes" / "a" / "b.txt", local.root / "inputs" / "j2" / "keep.txt"]
+    for path in stray:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("not megasr's")
+
+    assert local.sweep(older_than_s=-1) == 1
+    assert all(path.exists() for path in stray)
+
+
+@pytest.mark.parametrize("prefix", ["../x", "a//b", "inputs/"])
+def test_a_prefix_that_could_confuse_the_store_is_refused(s3_endpoint, prefix):
+    with pytest.raises(InvalidParameterError):
+        S3Storage(bucket="b", endpoint_url=s3_endpoint, prefix=prefix)
+
+
 def test_presigned_url_downloads_the_object(s3, photo):
     s3.put("outputs/j/output.png", photo, "image/png")
     url = s3.url("outputs/j/output.png", expires_s=600)
