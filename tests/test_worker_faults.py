@@ -74,12 +74,18 @@ class Fleet:
         """503 to every delivery while the receiver is "down", else as usual."""
         return (503, {}) if self.receiver_down else fail_first(attempt)
 
-    def start(self, name: str, hold: bool = False, **env: str) -> WorkerProcess:
-        worker = WorkerProcess(self.cluster, QUEUE, name, env={**WORKER_ENV, **env}).wait_ready()
+    def start(self, name: str, standby: bool = False, **env: str) -> WorkerProcess:
+        """A worker process; ``standby`` holds it in its engines' warm-up until
+        :meth:`release`, so it loads while other steps run, then takes work at once."""
+        if standby:
+            (self.cluster.root / f"hold-{name}").touch()
+        worker = WorkerProcess(self.cluster, QUEUE, name, env={**WORKER_ENV, **env})
         self.workers.append(worker)
-        if hold:
-            worker.hold.touch()
         return worker
+
+    def release(self, worker: WorkerProcess) -> None:
+        worker.hold.unlink()
+        worker.wait_ready()
 
     def payloads(self, count: int, pixels: np.ndarray | None = None, **params) -> list[dict]:
         image = self.crop if pixels is None else pixels
@@ -148,21 +154,26 @@ def fleet(tmp_path: Path, coffee: np.ndarray) -> Iterator[Fleet]:
 
 def test_no_job_is_lost_or_run_twice_through_crashes_and_outages(fleet: Fleet) -> None:
     cluster = fleet.cluster
+    w1 = fleet.start("w1")
+    # The workers that take over later load now, alongside, held in their warm-up.
+    w2, w3, w4 = (fleet.start(name, standby=True) for name in ("w2", "w3", "w4"))
+    hangs = fleet.start("hangs", standby=True, MEGASR_WATCHDOG_TIMEOUT_S="2")
+    w1.wait_ready()
 
     # 1. A worker freezes holding a batch (SIGSTOP) past its lease. The cleanup gives its jobs
     # to another worker, which finishes them; thawed, the first must not finish them again.
-    w1 = fleet.start("w1", hold=True)
+    w1.hold.touch()
     wave = fleet.submit(8)
     frozen = wait_for(lambda: fleet.held_by(w1), "w1 to hold a batch")
     fleet.kill(w1, signal.SIGSTOP, "worker frozen past its lease")
-    w2 = fleet.start("w2")
+    fleet.release(w2)
     wait_for(lambda: fleet.all_done(wave), "w2 to finish the first wave")
     os.kill(w1.process.pid, signal.SIGCONT)
     w1.hold.unlink()
     wait_for(lambda: "no longer ours" in Path(w1.log.name).read_text(), "w1 to drop its jobs")
     assert {fleet.job(j).worker_name for j in frozen} == {"w2"}
 
-    # 2. Both workers are SIGKILLed, each holding a batch; a new one takes over.
+    # 2. Both workers are SIGKILLed, each holding a batch; another takes over.
     w1.hold.touch()
     w2.hold.touch()
     first = fleet.submit(4)
@@ -172,7 +183,7 @@ def test_no_job_is_lost_or_run_twice_through_crashes_and_outages(fleet: Fleet) -
     wait_for(lambda: fleet.held_by(other), "the other worker to hold a batch")
     fleet.kill(holder, signal.SIGKILL, "worker SIGKILLed mid-batch")
     fleet.kill(other, signal.SIGKILL, "worker SIGKILLed mid-batch")
-    w3 = fleet.start("w3")
+    fleet.release(w3)
     wait_for(lambda: fleet.all_done(first + second), "w3 to finish the killed batches")
     for job_id in first + second:  # batch-mates of a crash spend no retry
         assert fleet.job(job_id).retries_left == cluster.settings(QUEUE).max_retries
@@ -190,7 +201,8 @@ def test_no_job_is_lost_or_run_twice_through_crashes_and_outages(fleet: Fleet) -
         assert cluster.connection.hget(f"rq:job:{job_id}", ALONE_FIELD) == b"1"
 
     # 4. Redis restarts while a worker holds a batch, the webhook receiver being down.
-    w4 = fleet.start("w4", hold=True)
+    fleet.release(w4)
+    w4.hold.touch()
     wave = fleet.submit(6)
     through_restart = wait_for(lambda: fleet.held_by(w4), "w4 to hold a batch")
     fleet.receiver_down = True
@@ -219,15 +231,27 @@ def test_no_job_is_lost_or_run_twice_through_crashes_and_outages(fleet: Fleet) -
     wait_for(lambda: value(w4.metrics(), retries) > 0, "w4 to retry the storage")
     outputs.unlink()
     outputs.with_name("outputs.away").rename(outputs)
+    wait_for(lambda: fleet.all_done(wave), "w4 to store the results")
+    w4.stop()
+
+    # 6. An engine call hangs for good: past the watchdog's timeout its job fails with the
+    # reason and the worker exits unhealthy, the call still hanging (its hold is never lifted).
+    fleet.release(hangs)
+    hangs.hold.touch()
+    hung = fleet.submit(1, max_retries=0)
+    assert hangs.process.wait(timeout=60) == EXIT_UNHEALTHY
+    assert hangs.hold.exists()
+    fleet.faults.append("engine call hung")
     wait_for(lambda: fleet.all_done(fleet.jobs), "every job to end")
     wait_for(fleet.webhooks_delivered, "every webhook", timeout_s=90)
-    w4.stop()  # waits for any delivery still in flight
 
     # Every job ended once, with one result and one webhook; nothing is left anywhere.
     jobs = {job_id: fleet.job(job_id) for job_id in fleet.jobs}
     failed = [j for j, job in jobs.items() if job.get_status() == JobStatus.FAILED]
-    assert failed == poison
+    assert failed == poison + hung
     assert "the device failed: CUDA error" in jobs[poison[0]].meta["error"]["detail"]
+    assert "made no progress" in jobs[hung[0]].meta["error"]["detail"]
+    assert "worker unhealthy" in Path(hangs.log.name).read_text()
     successes = {j: _successes(job) for j, job in jobs.items()}
     assert all(successes[j] == (0 if j in failed else 1) for j in jobs), successes
     for job_id, job in jobs.items():
@@ -247,23 +271,6 @@ def test_no_job_is_lost_or_run_twice_through_crashes_and_outages(fleet: Fleet) -
         f"lost {lost}, duplicated {duplicated}"
     )
     assert (lost, duplicated) == (0, 0)
-
-
-def test_a_hung_engine_call_fails_its_job_and_the_worker_exits(fleet: Fleet) -> None:
-    """The engine never returns (the hold file stays): past the watchdog's timeout the job
-    fails with the reason, its webhook goes out, and the worker exits unhealthy."""
-    hung = fleet.start("hung", hold=True, MEGASR_WATCHDOG_TIMEOUT_S="2")
-    (job_id,) = fleet.submit(1, max_retries=0)
-
-    assert hung.process.wait(timeout=60) == EXIT_UNHEALTHY
-    job = fleet.cluster.wait_status(job_id, JobStatus.FAILED)
-    assert hung.hold.exists()  # the engine call never came back
-    assert "made no progress" in job.meta["error"]["detail"]
-    assert "engine-unavailable" in job.meta["error"]["type"]
-    wait_for(fleet.webhooks_delivered, "the webhook")
-    assert [json.loads(b)["status"] for b in fleet.receiver.accepted()[job_id]] == ["failed"]
-    assert "worker unhealthy" in Path(hung.log.name).read_text()
-    _assert_nothing_left(fleet)
 
 
 def _successes(job: Job) -> int:
