@@ -124,6 +124,7 @@ class TileAccumulator:
         self._weight = torch.zeros(1, 0, self.native[1])
         self._positions = list(layout.positions())
         self._received = 0
+        self._windows: dict[tuple[bool, ...], torch.Tensor] = {}
 
     @property
     def complete(self) -> bool:
@@ -206,17 +207,22 @@ class TileAccumulator:
             self._out[channel, first:stop] = torch.from_numpy(rows)
 
     def _drop(self, keep: int) -> None:
-        """Forget the band's rows above native row ``keep``."""
+        """Forget the band's rows above native row ``keep`` (their memory goes when the band
+        next grows: :meth:`_grow` copies the rows kept into a new tensor)."""
         if keep > self._top:
-            self._sum = self._sum[:, keep - self._top :].clone()
-            self._weight = self._weight[:, keep - self._top :].clone()
+            self._sum = self._sum[:, keep - self._top :]
+            self._weight = self._weight[:, keep - self._top :]
             self._top = keep
 
     def _window(self, y: int, x: int) -> torch.Tensor:
-        lay, s = self.layout, self.scale
-        wy = _ramp_window(lay.tile, lay.overlap, y > 0, y + lay.tile < lay.padded_height, s)
-        wx = _ramp_window(lay.tile, lay.overlap, x > 0, x + lay.tile < lay.padded_width, s)
-        return wy[:, None] * wx[None, :]
+        """The blending weights of the tile at (y, x): one of at most 16, by its neighbours."""
+        lay = self.layout
+        sides = (y > 0, y + lay.tile < lay.padded_height, x > 0, x + lay.tile < lay.padded_width)
+        if sides not in self._windows:
+            wy = _ramp_window(lay.tile, lay.overlap, *sides[:2], self.scale)
+            wx = _ramp_window(lay.tile, lay.overlap, *sides[2:], self.scale)
+            self._windows[sides] = wy[:, None] * wx[None, :]
+        return self._windows[sides]
 
 
 def _starts(length: int, tile: int, overlap: int) -> tuple[int, ...]:
