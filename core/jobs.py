@@ -136,6 +136,7 @@ class JobPayload(TypedDict):
 
     job_id: str
     tenant: str
+    engine: str  # the engine it runs on, ``auto`` resolved; its queue is this engine's
     params: dict[str, Any]  # UpscaleParams.model_dump(mode="json"), output_format filled in
     input_key: str
     input: dict[str, Any]  # ImageInfo.model_dump()

@@ -140,6 +140,14 @@ class Settings(BaseSettings):
     heartbeat_ttl_s: int = Field(30, gt=0, description="A started job's lease per heartbeat.")
     worker_ttl_s: int = Field(60, gt=0, description="A silent worker counts as dead after it.")
     worker_maintenance_interval_s: int = Field(30, gt=0)
+    watchdog_timeout_s: float = Field(
+        900.0,
+        gt=0,
+        description="An engine call with no progress this long fails its job and the worker.",
+    )
+    storage_retry_s: float = Field(
+        60.0, ge=0, description="How long a worker retries storage it cannot reach."
+    )
     worker_engines: list[str] = Field(
         default_factory=lambda: ["auto"],
         description="Engines a worker loads at start: registry names or module:Class paths.",

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from megasr.imaging.resize import lanczos_rows, resize_rows
+
 
 @dataclass(frozen=True)
 class TileLayout:
@@ -92,43 +94,135 @@ def reflect_pad(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 
 class TileAccumulator:
-    """Collects upscaled tiles of one image and blends them into the output."""
+    """Collects the upscaled tiles of one image and blends them into the output at its size.
 
-    def __init__(self, layout: TileLayout, scale: int, channels: int = 3) -> None:
+    ``scale`` is the engine's native factor; ``size`` (height, width) the output asked for,
+    by default the native size. Tiles must arrive in :meth:`TileLayout.positions` order. Only
+    a band of rows is kept at native scale: once a row of tiles is complete, the native rows
+    above the next row of tiles cannot change any more, so they are blended, resized to the
+    output with the same Lanczos filter a resize of the whole image would use
+    (:func:`~megasr.imaging.resize.resize_rows`) and dropped. Memory is the output plus about
+    one row of tiles at native scale, whatever the scale asked for; a 40 MP input at scale 1
+    no longer holds a 640 MP native image (docs/benchmarks.md).
+    """
+
+    def __init__(
+        self,
+        layout: TileLayout,
+        scale: int,
+        size: tuple[int, int] | None = None,
+        channels: int = 3,
+    ) -> None:
         self.layout = layout
         self.scale = scale
-        out_h, out_w = layout.padded_height * scale, layout.padded_width * scale
-        self._sum = torch.zeros(channels, out_h, out_w)
-        self._weight = torch.zeros(1, out_h, out_w)
+        self.native = (layout.height * scale, layout.width * scale)
+        self.size = size or self.native
+        self._out = torch.zeros(channels, *self.size)
+        self._rows_done = 0  # output rows written
+        self._top = 0  # the native row the band starts at
+        self._sum = torch.zeros(channels, 0, self.native[1])
+        self._weight = torch.zeros(1, 0, self.native[1])
         self._positions = list(layout.positions())
         self._received = 0
+        self._windows: dict[tuple[bool, ...], torch.Tensor] = {}
 
     @property
     def complete(self) -> bool:
         return self._received == len(self._positions)
 
+    @property
+    def native_rows_held(self) -> int:
+        """Rows held at native scale now: about one row of tiles, never the whole image."""
+        return self._sum.shape[1]
+
     def add(self, first: int, outputs: torch.Tensor) -> None:
         """Blend ``outputs`` (n, C, tile*scale, tile*scale), tiles ``first`` to ``first + n``."""
-        s, t = self.scale, self.layout.tile * self.scale
-        for offset, tile in enumerate(outputs.float().cpu()):
-            y, x = self._positions[first + offset]
-            weight = self._window(y, x)
-            self._sum[:, y * s : y * s + t, x * s : x * s + t] += tile * weight
-            self._weight[:, y * s : y * s + t, x * s : x * s + t] += weight
-        self._received += len(outputs)
+        if first != self._received:
+            raise ValueError(f"tile {first} arrived, tile {self._received} was expected")
+        columns = len(self.layout.xs)
+        for tile in outputs.float().cpu():
+            row, column = divmod(self._received, columns)
+            self._blend(tile, *self._positions[self._received])
+            self._received += 1
+            if column == columns - 1:
+                last = row + 1 == len(self.layout.ys)
+                self._emit(self.native[0] if last else self.layout.ys[row + 1] * self.scale)
 
     def result(self) -> torch.Tensor:
-        """(C, H*scale, W*scale): the blended image, cropped to the unpadded size."""
+        """(C, height, width): the blended image at the output size."""
         if not self.complete:
             raise RuntimeError(f"{self._received} of {len(self._positions)} tiles received")
-        h, w = self.layout.height * self.scale, self.layout.width * self.scale
-        return (self._sum[:, :h, :w] / self._weight[:, :h, :w]).clamp_(0.0, 1.0)
+        return self._out.clamp_(0.0, 1.0)
+
+    def _blend(self, tile: torch.Tensor, y: int, x: int) -> None:
+        """Add one tile, weighted by its window, to the band (cropped to the native size)."""
+        s, t = self.scale, self.layout.tile * self.scale
+        height, width = self.native
+        y0, x0 = y * s, x * s
+        y1, x1 = min(y0 + t, height), min(x0 + t, width)
+        self._grow(y1)
+        weight = self._window(y, x)[: y1 - y0, : x1 - x0]
+        rows = slice(y0 - self._top, y1 - self._top)
+        self._sum[:, rows, x0:x1] += tile[:, : y1 - y0, : x1 - x0] * weight
+        self._weight[:, rows, x0:x1] += weight
+
+    def _grow(self, end: int) -> None:
+        """Extend the band down to native row ``end``."""
+        missing = end - self._top - self._sum.shape[1]
+        if missing > 0:
+            channels, width = self._sum.shape[0], self.native[1]
+            self._sum = torch.cat([self._sum, torch.zeros(channels, missing, width)], dim=1)
+            self._weight = torch.cat([self._weight, torch.zeros(1, missing, width)], dim=1)
+
+    def _emit(self, final: int) -> None:
+        """Write every output row whose input rows all lie above native row ``final``."""
+        out_height = self.size[0]
+        stop = self._rows_done
+        while stop < out_height and self._reads(stop, stop + 1)[1] <= final:
+            stop += 1
+        if stop > self._rows_done:
+            self._write(self._rows_done, stop)
+            self._rows_done = stop
+        keep = final if stop == out_height else min(final, self._reads(stop, stop + 1)[0])
+        self._drop(keep)
+
+    def _reads(self, first: int, stop: int) -> tuple[int, int]:
+        """The native rows that output rows ``first`` to ``stop - 1`` are made of."""
+        height, out_height = self.native[0], self.size[0]
+        if height == out_height:
+            return first, stop
+        return lanczos_rows(height, out_height, first, stop)
+
+    def _write(self, first: int, stop: int) -> None:
+        """Output rows ``first`` to ``stop - 1`` from the band."""
+        height, (out_height, out_width) = self.native[0], self.size
+        lo, hi = self._reads(first, stop)
+        band = slice(lo - self._top, hi - self._top)
+        native = self._sum[:, band] / self._weight[:, band]
+        if self.native == self.size:
+            self._out[:, first:stop] = native
+            return
+        for channel, plane in enumerate(native.numpy()):
+            rows = resize_rows(plane, lo, height, out_width, out_height, first, stop)
+            self._out[channel, first:stop] = torch.from_numpy(rows)
+
+    def _drop(self, keep: int) -> None:
+        """Forget the band's rows above native row ``keep`` (their memory goes when the band
+        next grows: :meth:`_grow` copies the rows kept into a new tensor)."""
+        if keep > self._top:
+            self._sum = self._sum[:, keep - self._top :]
+            self._weight = self._weight[:, keep - self._top :]
+            self._top = keep
 
     def _window(self, y: int, x: int) -> torch.Tensor:
-        lay, s = self.layout, self.scale
-        wy = _ramp_window(lay.tile, lay.overlap, y > 0, y + lay.tile < lay.padded_height, s)
-        wx = _ramp_window(lay.tile, lay.overlap, x > 0, x + lay.tile < lay.padded_width, s)
-        return wy[:, None] * wx[None, :]
+        """The blending weights of the tile at (y, x): one of at most 16, by its neighbours."""
+        lay = self.layout
+        sides = (y > 0, y + lay.tile < lay.padded_height, x > 0, x + lay.tile < lay.padded_width)
+        if sides not in self._windows:
+            wy = _ramp_window(lay.tile, lay.overlap, *sides[:2], self.scale)
+            wx = _ramp_window(lay.tile, lay.overlap, *sides[2:], self.scale)
+            self._windows[sides] = wy[:, None] * wx[None, :]
+        return self._windows[sides]
 
 
 def _starts(length: int, tile: int, overlap: int) -> tuple[int, ...]:

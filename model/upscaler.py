@@ -1,10 +1,10 @@
 """One image in, one image of the requested size out, through any engine.
 
 A tile engine upscales by its native factor, tile by tile, and the tiles are blended back
-here; an image engine restores the whole image at the requested size itself. This module
-owns the rest: alpha is split off and resized on its own (an SR network would invent
-texture in a mask), and a high-quality resize takes the engine's output to the exact
-requested size (a no-op where the engine already restored at that size).
+here straight into the requested size (the accumulator resizes band by band, so the whole
+image never exists at native scale); an image engine restores the whole image at the
+requested size itself. This module owns the rest: alpha is split off and resized on its own
+(an SR network would invent texture in a mask).
 
 :func:`cut_tiles` and :func:`finish_image` are the two ends of the tile path; the worker
 calls them itself so that tiles of many images can share engine calls in between.
@@ -58,14 +58,15 @@ def cut_tiles(
 
 
 def finish_image(
-    native: torch.Tensor, source: DecodedImage, width: int, height: int
+    restored: torch.Tensor, source: DecodedImage, width: int, height: int
 ) -> DecodedImage:
-    """The blended native-scale output (3, H, W), resized to ``width`` x ``height``.
+    """The engine's output (3, H, W), resized to ``width`` x ``height`` if it is not that size
+    already (a tile accumulator and an image engine deliver it at that size).
 
     Alpha is resized from the source on its own and re-attached; the source's format, bit
     depth and grayscale flag carry over so the encoder can keep them.
     """
-    rgb = resize(native.permute(1, 2, 0).numpy(), width, height)
+    rgb = resize(restored.permute(1, 2, 0).numpy(), width, height)
     alpha = None if source.alpha is None else resize(source.alpha, width, height)
     return DecodedImage(
         rgb=rgb,
@@ -109,10 +110,10 @@ class Upscaler:
         """
         width, height = size.resolve(image.width, image.height, max_output_pixels)
         if isinstance(self.engine, ImageEngine):
-            native = self._restore(image, (height, width), options, on_progress)
+            restored = self._restore(image, (height, width), options, on_progress)
         else:
-            native = self._tiled(image, on_progress)
-        return finish_image(native, image, width, height)
+            restored = self._tiled(image, (height, width), on_progress)
+        return finish_image(restored, image, width, height)
 
     def _restore(
         self,
@@ -126,10 +127,13 @@ class Upscaler:
         (result,) = self.engine.restore([task])
         return result
 
-    def _tiled(self, image: DecodedImage, on_progress: ProgressCallback | None) -> torch.Tensor:
+    def _tiled(
+        self, image: DecodedImage, size: tuple[int, int], on_progress: ProgressCallback | None
+    ) -> torch.Tensor:
+        """The image through a tile engine, blended straight into the ``size`` asked for."""
         engine: TileEngine = self.engine
         tiles, layout = cut_tiles(image, engine.tile_spec, fit=self.fit_tiles)
-        accumulator = TileAccumulator(layout, engine.native_scale)
+        accumulator = TileAccumulator(layout, engine.native_scale, size)
         for first in range(0, len(tiles), self.batch_size):
             accumulator.add(first, engine.run(tiles[first : first + self.batch_size]))
             if on_progress is not None:

@@ -19,6 +19,7 @@ from rq.job import JobStatus as RQStatus
 from megasr.cancellation import is_cancel_requested, request_cancel
 from megasr.errors import ConflictError
 from megasr.jobs import JobStatus
+from megasr.queue import JOB_SERIALIZER
 from megasr.service.context import Gateway
 from megasr.service.views import public_status
 
@@ -40,6 +41,6 @@ def cancel_job(gw: Gateway, job_id: str, job: Job | None) -> None:
         job.cancel()
     if rq_status == RQStatus.STARTED:
         with contextlib.suppress(InvalidJobOperation):
-            send_stop_job_command(gw.redis, job_id, serializer=gw.queue.serializer)
+            send_stop_job_command(gw.redis, job_id, serializer=JOB_SERIALIZER)
     else:  # no worker holds it, so none will tell the client it ended
         gw.notifier.notify(job, JobStatus.CANCELED)

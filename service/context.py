@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 from fastapi import Request
 from redis import Redis
-from rq import Queue
 
 from megasr.notifications import JobNotifier
-from megasr.queue import get_queue, redis_connection
+from megasr.queue import EngineQueues, redis_connection
 from megasr.service.auth import ApiKeys
 from megasr.service.durability import Durability
 from megasr.service.metrics import GatewayMetrics
@@ -27,7 +26,7 @@ class Gateway:
 
     settings: Settings
     redis: Redis
-    queue: Queue
+    queues: EngineQueues
     storage: Storage
     metrics: GatewayMetrics
     api_keys: ApiKeys
@@ -37,14 +36,14 @@ class Gateway:
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
         redis = redis_connection(settings, socket_timeout=REDIS_SOCKET_TIMEOUT_S)
-        queue = get_queue(settings, redis)
+        queues = EngineQueues(settings, redis)
         storage = create_storage(settings)
         return cls(
             settings=settings,
             redis=redis,
-            queue=queue,
+            queues=queues,
             storage=storage,
-            metrics=GatewayMetrics(queue, WebhookOutbox(redis, settings.queue_name)),
+            metrics=GatewayMetrics(queues, WebhookOutbox(redis, settings.queue_name)),
             api_keys=ApiKeys.from_settings(settings),
             notifier=JobNotifier.from_settings(settings, storage, redis),
             durability=Durability(settings.submit_fsync_timeout_ms),

@@ -12,10 +12,10 @@ import time
 
 from redis import Redis
 from redis.client import Pipeline
-from rq import Queue
 from rq.job import Job
 
 from megasr.errors import RateLimitedError
+from megasr.queue import EngineQueues
 from megasr.settings import Settings
 
 _TERMINAL = {b"finished", b"failed", b"stopped", b"canceled"}
@@ -50,10 +50,10 @@ def count_request(redis: Redis, settings: Settings, tenant: str) -> dict[str, st
     }
 
 
-def check_capacity(redis: Redis, queue: Queue, settings: Settings, tenant: str) -> None:
-    """Refuse new work when the queue is full or the tenant has too many jobs in flight."""
+def check_capacity(redis: Redis, queues: EngineQueues, settings: Settings, tenant: str) -> None:
+    """Refuse new work when the queues are full or the tenant has too many jobs in flight."""
     retry = settings.busy_retry_after_s
-    if settings.max_queue_depth and queue.count >= settings.max_queue_depth:
+    if settings.max_queue_depth and queues.depth() >= settings.max_queue_depth:
         raise RateLimitedError(
             f"the queue is full ({settings.max_queue_depth} jobs); retry in {retry} s", retry
         )

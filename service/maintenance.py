@@ -1,10 +1,12 @@
-"""The gateway's background chores: RQ registry cleanup and the storage sweep.
+"""The gateway's background chores: recovering stranded jobs and the storage sweep.
 
 RQ recovers the jobs of a dead worker only when someone cleans its registries; workers do
 it between jobs, but a busy or dead fleet does not, so the gateway (never busy for long)
-does it on a timer, and tells the client of a job abandoned on its last try (webhook
-``job.failed``). A Redis lock makes one replica of many do each pass. Stored objects past
-the retention window are swept far less often (listing a bucket is not free).
+does it on a timer for every engine's queue (:func:`megasr.recovery.maintain_queue`: lapsed
+leases, jobs stranded in the intermediate list), and tells the client of a job abandoned on
+its last try (webhook ``job.failed``). A Redis lock makes one replica of many do each pass,
+and each queue is cleaned under RQ's own maintenance lock, which workers take too. Stored
+objects past the retention window are swept far less often (listing a bucket is not free).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import contextlib
 import logging
 
 from anyio.to_thread import run_sync
-from rq.registry import clean_registries
 
 from megasr.errors import MegaSRError
+from megasr.recovery import maintain_queue, on_abandoned
 from megasr.service.context import Gateway
 
 log = logging.getLogger(__name__)
@@ -42,7 +44,9 @@ def maintain_once(gw: Gateway) -> bool:
     interval = max(1, int(gw.settings.maintenance_interval_s))
     if not gw.redis.set(REGISTRY_LOCK, "1", nx=True, ex=interval):
         return False
-    clean_registries(gw.queue, exception_handlers=[gw.notifier.on_abandoned])
+    handlers = [on_abandoned, gw.notifier.on_abandoned]
+    for queue in gw.queues.all():
+        maintain_queue(queue, handlers, gw.settings.heartbeat_ttl_s)
     if gw.redis.set(SWEEP_LOCK, "1", nx=True, ex=SWEEP_INTERVAL_S):
         try:
             removed = gw.storage.sweep(retention_window_s(gw))

@@ -13,30 +13,31 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
-from rq import Queue
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from megasr.queue import EngineQueues
 from megasr.webhook_outbox import WebhookOutbox
 
 UNMATCHED_ROUTE = "unmatched"
+_DEPTH_HELP = "Jobs waiting in the engines' queues."
 
 
 class QueueDepthCollector(Collector):
-    """``megasr_queue_depth``: jobs waiting in the queue, read at scrape time."""
+    """``megasr_queue_depth``: jobs waiting in every engine's queue, read at scrape time."""
 
-    def __init__(self, queue: Queue) -> None:
-        self.queue = queue
+    def __init__(self, queues: EngineQueues) -> None:
+        self.queues = queues
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         """The name alone, so registering the collector does not query Redis."""
-        yield GaugeMetricFamily("megasr_queue_depth", "Jobs waiting in the queue.")
+        yield GaugeMetricFamily("megasr_queue_depth", _DEPTH_HELP)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            depth = self.queue.count
+            depth = self.queues.depth()
         except RedisError:
             return  # Redis down: no sample beats a made-up one
-        yield GaugeMetricFamily("megasr_queue_depth", "Jobs waiting in the queue.", value=depth)
+        yield GaugeMetricFamily("megasr_queue_depth", _DEPTH_HELP, value=depth)
 
 
 class WebhookOutboxCollector(Collector):
@@ -62,7 +63,7 @@ class WebhookOutboxCollector(Collector):
 
 
 class GatewayMetrics:
-    def __init__(self, queue: Queue, outbox: WebhookOutbox | None = None) -> None:
+    def __init__(self, queues: EngineQueues, outbox: WebhookOutbox | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.http_requests = Counter(
             "megasr_http_requests",
@@ -82,7 +83,7 @@ class GatewayMetrics:
             ["engine", "outcome"],
             registry=self.registry,
         )
-        self.registry.register(QueueDepthCollector(queue))
+        self.registry.register(QueueDepthCollector(queues))
         if outbox is not None:
             self.registry.register(WebhookOutboxCollector(outbox))
 

@@ -19,7 +19,7 @@ from megasr.engine_status import read_engines
 from megasr.errors import ConflictError, InvalidParameterError, MegaSRError, RateLimitedError
 from megasr.imaging.encode import default_output_format
 from megasr.jobs import ImageInfo, JobPayload, UpscaleParams, new_job_id
-from megasr.queue import enqueue_upscale
+from megasr.queue import AUTO_QUEUE, enqueue_upscale
 from megasr.service import idempotency
 from megasr.service.context import Gateway
 from megasr.service.images import inspect_image
@@ -50,14 +50,14 @@ async def submit(gw: Gateway, request: SubmitRequest) -> Submitted:
     try:
         settings = gw.settings
         check_declared_length(request.content_length, settings.max_upload_bytes)
-        await run_sync(check_capacity, gw.redis, gw.queue, settings, request.tenant)
+        await run_sync(check_capacity, gw.redis, gw.queues, settings, request.tenant)
         upload = await read_upload(request.content_type, request.body, settings.max_upload_bytes)
         params = UpscaleParams.parse(upload.fields)
         if params.webhook_url is not None:  # refused now, not after the job ran
             await run_sync(gw.notifier.dispatcher.policy.resolve, str(params.webhook_url))
-        engine = await run_sync(_check_engine, gw, params.engine)
+        runs_on, engine = await run_sync(_resolve_engine, gw, params.engine)
         info = await inspect_image(upload.image, params, settings)
-        submitted = await run_sync(_store_and_enqueue, gw, request, upload, params, info)
+        submitted = await run_sync(_store_and_enqueue, gw, request, upload, params, info, runs_on)
     except MegaSRError as error:
         gw.metrics.jobs_submitted.labels(engine, _outcome(error)).inc()
         raise
@@ -66,19 +66,32 @@ async def submit(gw: Gateway, request: SubmitRequest) -> Submitted:
     return submitted
 
 
-def _check_engine(gw: Gateway, name: str) -> str:
-    """Refuse an engine no live worker serves; returns the name as a metric label."""
-    served = {info.name for info in read_engines(gw.redis).engines}
-    if name == "auto" or name in served:
-        return name
+def _resolve_engine(gw: Gateway, name: str) -> tuple[str, str]:
+    """The engine the job runs on, whose queue it goes to, and its metric label.
+
+    ``auto`` is the default the live workers announce; before any has announced itself, the
+    job waits in the queue every worker serves with its own default (:data:`AUTO_QUEUE`). An
+    engine no live worker serves is refused.
+    """
+    catalog = read_engines(gw.redis)
+    served = {info.name for info in catalog.engines}
+    engine = name if name != "auto" else catalog.default or AUTO_QUEUE
+    if engine in served:
+        return engine, engine
     if served:
         choices = ", ".join(["auto", *sorted(served)])
         raise InvalidParameterError(f"engine {name!r} is not served here; choose one of {choices}")
-    return "other"  # no worker has announced itself yet: queue it, but keep labels bounded
+    # No worker has announced itself yet: queue it, but keep the labels bounded.
+    return engine, AUTO_QUEUE if engine == AUTO_QUEUE else "other"
 
 
 def _store_and_enqueue(
-    gw: Gateway, request: SubmitRequest, upload: Upload, params: UpscaleParams, info: ImageInfo
+    gw: Gateway,
+    request: SubmitRequest,
+    upload: Upload,
+    params: UpscaleParams,
+    info: ImageInfo,
+    engine: str,
 ) -> Submitted:
     job_id = new_job_id()
     key = request.idempotency_key
@@ -96,7 +109,7 @@ def _store_and_enqueue(
         with contextlib.ExitStack() as claim:
             if key is not None:
                 claim.enter_context(idempotency.ClaimKeeper(gw.redis, request.tenant, key))
-            _store(gw, request, upload, params, info, job_id, stored_key)
+            _store(gw, request, upload, params, info, job_id, stored_key, engine)
     except BaseException:
         # Undo what can be undone; a cleanup that fails too must not hide the first error.
         with contextlib.suppress(Exception):
@@ -117,8 +130,9 @@ def _store(
     info: ImageInfo,
     job_id: str,
     stored_key: str,
+    engine: str,
 ) -> None:
-    """The input object, the ownership record, then the RQ job."""
+    """The input object, the ownership record, then the RQ job, on ``engine``'s queue."""
     output_format = params.output_format or default_output_format(info.format)
     gw.storage.put(stored_key, upload.image, content_type_for(info.format))
     created_at = datetime.now(UTC).isoformat()
@@ -126,12 +140,13 @@ def _store(
     payload = JobPayload(
         job_id=job_id,
         tenant=request.tenant,
+        engine=engine,
         params=params.model_copy(update={"output_format": output_format}).model_dump(mode="json"),
         input_key=stored_key,
         input=info.model_dump(),
         created_at=created_at,
     )
-    enqueue_upscale(gw.queue, payload, gw.settings)
+    enqueue_upscale(gw.queues, payload)
 
 
 def _confirm(gw: Gateway, request: SubmitRequest, job_id: str) -> None:

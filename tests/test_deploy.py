@@ -492,12 +492,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     the scrape-time queue-depth collector reports too, and the worker's as a worker makes them.
     """
     from megasr.embedded_redis import EmbeddedRedis
+    from megasr.queue import EngineQueues
     from megasr.service.metrics import GatewayMetrics
+    from megasr.settings import Settings
     from megasr.worker.metrics import WorkerMetrics
 
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as redis:
-        queue = Queue("megasr", connection=Redis.from_url(redis.url))
-        gateway = _series_of(GatewayMetrics(queue).registry)
+        queues = EngineQueues(Settings(redis_url=redis.url), Redis.from_url(redis.url))
+        gateway = _series_of(GatewayMetrics(queues).registry)
     return gateway | _series_of(WorkerMetrics().registry)
 
 
@@ -965,26 +967,43 @@ def test_selectors_and_references_resolve(rendered: dict[str, list[Doc]], overla
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_keda_scales_workers_on_the_rq_queue(rendered: dict[str, list[Doc]], overlay: str) -> None:
+def test_keda_scales_workers_on_their_engine_queues(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    """KEDA watches the queue of the engine the workers run (what `auto` resolves to with the
+    overlay's settings) and the queue of jobs queued before any worker announced itself."""
+    from megasr.model.engines.registry import resolve_engine_name
+    from megasr.queue import AUTO_QUEUE, engine_queue_name
+    from megasr.settings import Settings
+
     docs = rendered[overlay]
     scaled = named(docs, "ScaledObject", "megasr-worker")
     assert named(docs, "Deployment", scaled["spec"]["scaleTargetRef"]["name"])
     assert "replicas" not in named(docs, "Deployment", "megasr-worker")["spec"], "KEDA owns it"
-    (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "redis"
-    meta = trigger["metadata"]
-    queue_name = settings_map(docs)["MEGASR_QUEUE_NAME"]
-    assert meta["listName"] == Queue.redis_queue_namespace_prefix + queue_name
+    config = settings_map(docs)
+    settings = Settings(
+        queue_name=config["MEGASR_QUEUE_NAME"], megasr_model=config.get("MEGASR_MEGASR_MODEL")
+    )
+    assert json.loads(config["MEGASR_WORKER_ENGINES"]) == ["auto"]
+    engine = resolve_engine_name("auto", settings)
+    queues = [engine_queue_name(settings, name) for name in (engine, AUTO_QUEUE)]
+    triggers = scaled["spec"]["triggers"]
+    assert [t["metadata"]["listName"] for t in triggers] == [
+        Queue.redis_queue_namespace_prefix + name for name in queues
+    ]
     redis_service = named(docs, "Service", "megasr-redis")
-    host, port = meta["address"].rsplit(":", 1)
-    assert host == f"megasr-redis.{redis_service['metadata']['namespace']}.svc"
-    assert int(port) == redis_service["spec"]["ports"][0]["port"]
-    auth = named(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
-    assert [ref["parameter"] for ref in auth["spec"]["secretTargetRef"]] == ["password"]
     secrets = secret_values(overlay.partition("+")[0], docs)
-    url = secrets["redis-url"]
-    assert url.rsplit("/", 1)[1] == meta["databaseIndex"]
-    assert f":{secrets['redis-password']}@" in url, "one password for Redis, clients and KEDA"
+    for trigger in triggers:
+        assert trigger["type"] == "redis"
+        meta = trigger["metadata"]
+        host, port = meta["address"].rsplit(":", 1)
+        assert host == f"megasr-redis.{redis_service['metadata']['namespace']}.svc"
+        assert int(port) == redis_service["spec"]["ports"][0]["port"]
+        auth = named(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+        assert [ref["parameter"] for ref in auth["spec"]["secretTargetRef"]] == ["password"]
+        url = secrets["redis-url"]
+        assert url.rsplit("/", 1)[1] == meta["databaseIndex"]
+        assert f":{secrets['redis-password']}@" in url, "one password for Redis, clients and KEDA"
     assert 0 <= scaled["spec"]["minReplicaCount"] < scaled["spec"]["maxReplicaCount"]
 
 

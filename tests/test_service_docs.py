@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from rq import Queue
 
 from megasr.loopback import free_port
+from megasr.queue import EngineQueues
 from megasr.service.metrics import GatewayMetrics, QueueDepthCollector, WebhookOutboxCollector
 from megasr.settings import Settings
 from megasr.webhook_outbox import WebhookOutbox
@@ -75,10 +75,11 @@ def test_the_page_names_no_variable_the_code_lacks(page):
 
 
 def test_every_metric_is_listed_with_its_type(page):
-    queue = Queue("docs", connection=Redis(port=free_port()))  # never connected: names only
-    gateway = GatewayMetrics(queue)
-    outbox = WebhookOutbox(queue.connection, "docs")
-    families = [*gateway.registry.collect(), *QueueDepthCollector(queue).describe()]
+    redis = Redis(port=free_port())  # never connected: names only
+    queues = EngineQueues(Settings(queue_name="docs"), redis)
+    gateway = GatewayMetrics(queues)
+    outbox = WebhookOutbox(redis, "docs")
+    families = [*gateway.registry.collect(), *QueueDepthCollector(queues).describe()]
     families += WebhookOutboxCollector(outbox).describe()
     families += WorkerMetrics().registry.collect()
     exposed = {

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from megasr.imaging.resize import LANCZOS_SUPPORT, resize
 from megasr.model.tiler import TileAccumulator, TileLayout, extract_tiles, plan_tiles, reflect_pad
 
 
@@ -109,3 +110,36 @@ def test_accumulator_refuses_an_incomplete_image() -> None:
     acc.add(0, torch.zeros(1, 3, 64, 64))
     with pytest.raises(RuntimeError, match="tiles received"):
         acc.result()
+
+
+@pytest.mark.parametrize("size", [(100, 75), (250, 190), (700, 520), (400, 150)])
+def test_blending_into_the_output_size_equals_resizing_the_native_image(size) -> None:
+    """Accumulating at the asked size (band by band) gives what blending at native scale and
+    resizing the whole image gave, while holding only about one row of tiles at native scale."""
+    torch.manual_seed(0)
+    image = torch.rand(3, 100, 75)
+    layout = plan_tiles(100, 75, tile=32, overlap=8)
+    outputs = torch.nn.functional.interpolate(
+        extract_tiles(image, layout), scale_factor=4, mode="bicubic", align_corners=False
+    ).clamp(0, 1)
+    native = TileAccumulator(layout, 4)
+    native.add(0, outputs)
+    expected = resize(native.result().permute(1, 2, 0).numpy(), size[1], size[0])
+
+    banded = TileAccumulator(layout, 4, size)
+    held = []
+    for first in range(0, len(outputs), 3):
+        banded.add(first, outputs[first : first + 3])
+        held.append(banded.native_rows_held)
+
+    assert np.abs(banded.result().permute(1, 2, 0).numpy() - expected).max() < 1e-5
+    shrink = max(400 / size[0], 1.0)
+    one_row_of_tiles = 32 * 4 + 2 * int(LANCZOS_SUPPORT * shrink + 1)
+    assert max(held) <= one_row_of_tiles < 400
+
+
+def test_accumulator_takes_tiles_in_order() -> None:
+    layout = plan_tiles(50, 50, tile=32, overlap=8)
+    acc = TileAccumulator(layout, scale=2, size=(30, 30))
+    with pytest.raises(ValueError, match="tile 1 arrived, tile 0 was expected"):
+        acc.add(1, torch.zeros(1, 3, 64, 64))

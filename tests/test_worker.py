@@ -9,57 +9,41 @@ recovered by RQ within seconds.
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from megasr_tiny import one_thread
-from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
-from rq import Queue, SimpleWorker
+from rq import SimpleWorker
 from rq.command import send_stop_job_command
-from rq.job import Job, JobStatus
+from rq.job import JobStatus
 from rq.registry import clean_registries
 from rq.utils import now
-from webhook_receiver import LOOPBACK_NETWORKS, WebhookReceiver
+from webhook_receiver import WebhookReceiver
+from worker_support import (
+    DEADLINE_S,
+    ENGINES,
+    SECRET,
+    TESTS,
+    Cluster,
+    WorkerProcess,
+    http_get,
+    png_bytes,
+    value,
+    wait_for,
+)
 
 from megasr.cancellation import request_cancel
 from megasr.embedded_redis import EmbeddedRedis
 from megasr.engine_status import EngineState, read_engines
-from megasr.jobs import TASK_FUNC, JobPayload, UpscaleParams, new_job_id
+from megasr.jobs import JobPayload, new_job_id
 from megasr.model.megasr.checkpoint import init_tiny_checkpoint
-from megasr.queue import (
-    JOB_SERIALIZER,
-    enqueue_upscale,
-    get_queue,
-    redis_connection,
-    upscale_job_options,
-)
-from megasr.settings import Settings, get_settings
-from megasr.storage import LocalStorage, input_key
+from megasr.queue import JOB_SERIALIZER
+from megasr.settings import get_settings
 from megasr.worker import runtime as worker_runtime
-
-TESTS = Path(__file__).resolve().parent
-ENGINES = [
-    "worker_engines:TinyEngine",
-    "worker_engines:OutOfMemoryEngine",
-    "worker_engines:OverflowEngine",
-    "worker_engines:SelfHealingOverflowEngine",
-    "worker_engines:PickyEngine",
-]
-SECRET = "test-webhook-secret"
-DEADLINE_S = 30.0
 
 WORKER_METRICS = (  # as exposed: counters carry their _total
     "megasr_job_stage_duration_seconds",
@@ -72,192 +56,11 @@ WORKER_METRICS = (  # as exposed: counters carry their _total
     "megasr_nan_retries_total",
     "megasr_engine_loaded",
     "megasr_worker_busy",
+    "megasr_storage_retries_total",
     "megasr_device_memory_allocated_bytes",
     "megasr_device_memory_reserved_bytes",
     "megasr_jobs_finished_total",
 )
-
-
-def wait_for(predicate: Callable[[], object], what: str, timeout_s: float = DEADLINE_S):
-    """Poll ``predicate`` until it returns something true; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def http_get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
-
-
-class Cluster:
-    """One Redis, one storage folder, and helpers to enqueue jobs as the gateway does."""
-
-    def __init__(self, root: Path, redis: EmbeddedRedis) -> None:
-        self.root = root
-        self.redis_url = redis.url
-        self.data_dir = root / "data"
-        self.connection = redis_connection(Settings(redis_url=redis.url))
-        self.storage = LocalStorage(self.data_dir / "objects")
-
-    def env(self, queue: str, hold: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(
-            PYTHONPATH=os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")]),
-            MEGASR_REDIS_URL=self.redis_url,
-            MEGASR_DATA_DIR=str(self.data_dir),
-            MEGASR_QUEUE_NAME=queue,
-            MEGASR_WORKER_ENGINES=json.dumps(ENGINES),
-            MEGASR_DEVICE="cpu",
-            MEGASR_MAX_WAIT_MS="100",
-            MEGASR_MAX_BATCH_TILES="8",
-            MEGASR_HEARTBEAT_INTERVAL_S="0.5",
-            MEGASR_HEARTBEAT_TTL_S="3",
-            MEGASR_WORKER_TTL_S="16",  # RQ polls the queue every worker_ttl - 15 = 1 s
-            MEGASR_WORKER_MAINTENANCE_INTERVAL_S="1",
-            MEGASR_WEBHOOK_SECRET=SECRET,
-            MEGASR_WEBHOOK_BACKOFF_S="0.05",
-            MEGASR_WEBHOOK_ALLOWED_NETWORKS=json.dumps(LOOPBACK_NETWORKS),
-            MEGASR_TEST_HOLD=str(hold),
-            MEGASR_CPU_THREADS="1",  # several workers share the machine's cores
-        )
-        return env
-
-    def settings(self, queue: str, **overrides: object) -> Settings:
-        return Settings(
-            redis_url=self.redis_url, data_dir=self.data_dir, queue_name=queue, **overrides
-        )
-
-    def queue(self, name: str) -> Queue:
-        return get_queue(self.settings(name), self.connection)
-
-    def payload(self, pixels: np.ndarray, **params: object) -> JobPayload:
-        """Store ``pixels`` as a PNG input and build the job's payload."""
-        job_id = new_job_id()
-        key = input_key(job_id, "png")
-        self.storage.put(key, png_bytes(pixels), "image/png")
-        height, width = pixels.shape[:2]
-        fields = {"engine": "tiny", "output_format": "png", **params}
-        return {
-            "job_id": job_id,
-            "tenant": "test",
-            "params": UpscaleParams.parse(fields).model_dump(mode="json"),
-            "input_key": key,
-            "input": {"width": width, "height": height, "format": "png"},
-            "created_at": "2025-01-01T00:00:00+00:00",
-        }
-
-    def submit(self, queue: str, payloads: list[JobPayload]) -> list[Job]:
-        """Enqueue in one transaction, so one worker finds them all waiting together."""
-        settings = self.settings(queue)
-        rq_queue = self.queue(queue)
-        datas = [
-            Queue.prepare_data(TASK_FUNC, **upscale_job_options(p, settings)) for p in payloads
-        ]
-        return rq_queue.enqueue_many(datas)
-
-    def submit_one(self, queue: str, payload: JobPayload, **settings: object) -> Job:
-        """Enqueue with the gateway's own call (``settings`` override its job options)."""
-        return enqueue_upscale(self.queue(queue), payload, self.settings(queue, **settings))
-
-    def job(self, job_id: str) -> Job:
-        return Job.fetch(job_id, connection=self.connection, serializer=JOB_SERIALIZER)
-
-    def status(self, job_id: str) -> JobStatus:
-        return self.job(job_id).get_status()
-
-    def wait_status(self, job_id: str, *statuses: JobStatus) -> Job:
-        wait_for(lambda: self.status(job_id) in statuses, f"job {job_id} to be {statuses}")
-        return self.job(job_id)
-
-    def output(self, job: Job) -> np.ndarray:
-        return decode_png(self.storage.get(job.meta["output"]["key"]))
-
-
-class WorkerProcess:
-    """``megasr worker`` in a child process, with its metrics port."""
-
-    def __init__(
-        self,
-        cluster: Cluster,
-        queue: str,
-        name: str,
-        burst: bool = False,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.hold = cluster.root / f"hold-{name}"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.name = name
-        self.log = (cluster.root / f"{name}.log").open("wb")
-        command = [sys.executable, "-m", "megasr.cli.main", "worker"]
-        command += ["--name", name, "--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--burst"] if burst else []
-        self.process = subprocess.Popen(
-            command,
-            env={**cluster.env(queue, self.hold), **(env or {})},
-            stdout=self.log,
-            stderr=self.log,
-        )
-
-    def wait_ready(self) -> WorkerProcess:
-        def ready() -> bool:
-            if self.process.poll() is not None:
-                pytest.fail(f"worker {self.name} exited with {self.process.returncode}")
-            try:
-                return http_get(self.url + "/readyz")[0] == 200
-            except OSError:
-                return False
-
-        wait_for(ready, f"worker {self.name} to be ready", timeout_s=60)
-        return self
-
-    def metrics(self) -> dict[tuple[str, tuple], float]:
-        status, body = http_get(self.url + "/metrics")
-        assert status == 200
-        return {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(body.decode())
-            for sample in family.samples
-        }
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-
-def value(metrics: dict, name: str, **labels: str) -> float:
-    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -345,8 +148,8 @@ def run_alone_with_plain_rq(
     get_settings.cache_clear()
     try:
         jobs = [cluster.submit_one("alone", {**p, "job_id": new_job_id()}) for p in payloads]
-        queue = cluster.queue("alone")
-        SimpleWorker([queue], connection=cluster.connection, serializer=JOB_SERIALIZER).work(
+        queues = [cluster.queue("alone", e) for e in dict.fromkeys(p["engine"] for p in payloads)]
+        SimpleWorker(queues, connection=cluster.connection, serializer=JOB_SERIALIZER).work(
             burst=True
         )
     finally:
@@ -450,7 +253,7 @@ def test_cancel_and_stop_running_jobs(cluster: Cluster, worker, photo, hold: Pat
     cluster.wait_status(stopped.id, JobStatus.STOPPED)
     for job in (canceled, stopped):
         assert not cluster.storage.exists(f"outputs/{job.id}/output.png")
-    registry = cluster.queue("shared").started_job_registry
+    registry = cluster.queue("shared", "tiny").started_job_registry
     wait_for(lambda: not registry.get_job_ids(), "the started registry to empty")
     after = worker.metrics()
     labels = {"engine": "tiny", "status": "canceled"}
@@ -514,9 +317,9 @@ def test_killed_worker_job_is_retried_by_a_new_worker(cluster: Cluster, photo) -
             return beat is not None and (beat - started.started_at).total_seconds() > 4
 
         wait_for(beat_past_first_lease, "a heartbeat past the first lease")
-        clean_registries(cluster.queue("kill"))
+        clean_registries(cluster.queue("kill", "tiny"))
         assert cluster.status(job.id) == JobStatus.STARTED
-        assert job.id in cluster.queue("kill").started_job_registry.get_job_ids()
+        assert job.id in cluster.queue("kill", "tiny").started_job_registry.get_job_ids()
         rescuer.wait_ready()
 
         doomed.process.kill()

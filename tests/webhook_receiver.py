@@ -63,6 +63,13 @@ class WebhookReceiver:
         self.server.shutdown()
         self.server.server_close()
 
+    def accepted(self) -> dict[str, list[bytes]]:
+        """The bodies of the deliveries answered 2xx, by job id."""
+        by_job: dict[str, list[bytes]] = {}
+        for _, body in list(self.deliveries):
+            by_job.setdefault(json.loads(body)["id"], []).append(body)
+        return by_job
+
     def bodies(self, secret: str) -> dict[str, dict]:
         """Each delivered job's JSON by id, after checking every signature against ``secret``."""
         views = {}

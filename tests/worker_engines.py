@@ -6,7 +6,8 @@ Setting ``MEGASR_TEST_HOLD`` to a path makes every engine call wait while that f
 a test holds a batch "in hand" for as long as it needs, with no sleeps and no timing guesses.
 
 The subclasses stand in for what only a GPU does (this machine has none): running out of
-device memory above a batch size, and overflowing to NaN on a reduced-precision fast path.
+device memory above a batch size, overflowing to NaN on a reduced-precision fast path, and a
+sticky CUDA fault (the exact error text torch raises after an illegal memory access).
 """
 
 from __future__ import annotations
@@ -100,4 +101,19 @@ class PickyEngine(TinyEngine):
     def run(self, tiles: torch.Tensor) -> torch.Tensor:
         if (tiles.flatten(1).amin(dim=1) == 1).any():
             raise RuntimeError("simulated kernel failure on an all-white tile")
+        return super().run(tiles)
+
+
+class DeviceFaultEngine(TinyEngine):
+    """Any call holding an all-white tile fails as a GPU does after an illegal memory access:
+    a sticky CUDA error, after which the worker must not go on."""
+
+    name = "tiny-fault"
+
+    def run(self, tiles: torch.Tensor) -> torch.Tensor:
+        if (tiles.flatten(1).amin(dim=1) == 1).any():
+            raise torch.AcceleratorError(
+                "CUDA error: an illegal memory access was encountered\n"
+                "CUDA kernel errors might be asynchronously reported at some other API call"
+            )
         return super().run(tiles)

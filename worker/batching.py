@@ -1,10 +1,11 @@
 """The batching worker: tiles of many jobs in each engine call, every job finished on its own.
 
 :class:`BatchingWorker` is an RQ ``SimpleWorker`` (engines stay loaded in the one process; no
-fork per job). RQ's loop blocks for the first job; :meth:`BatchingWorker.execute_job` then
-takes more upscale jobs without blocking longer than ``max_wait_ms``, until ``max_batch_tiles``
-tiles are in hand, and marks each started through RQ's own calls, so the started registry,
-``rq info`` and dashboards show the truth. Jobs are grouped by
+fork per job) that listens on the queues of the engines it serves. RQ's loop blocks for the
+first job; :meth:`BatchingWorker.execute_job` then takes more upscale jobs without blocking
+longer than ``max_wait_ms``, until ``max_batch_tiles`` tiles are in hand, and starts each one
+(:mod:`megasr.worker.lease`: out of the intermediate list, started and owned, in one step), so
+the started registry, ``rq info`` and dashboards show the truth. Jobs are grouped by
 :class:`~megasr.worker.upscale_job.BatchKey` (engine and numerics, and for a tile engine the
 tile shape):
 
@@ -18,7 +19,9 @@ tile shape):
   one step.
 
 Every job is finished on its own, through RQ's success or failure handling (results,
-retries, callbacks and RQ's failed registry stay RQ's).
+retries, callbacks and RQ's failed registry stay RQ's), and only after the worker has
+claimed it: a worker whose lease on a job lapsed (it froze, or lost Redis, and RQ gave the
+job to another worker) drops the job instead, so a job never ends twice.
 
 What can go wrong stays with the job it belongs to: a job that cannot be decoded fails before
 any engine call; an engine error in a call shared by several jobs re-runs each job's tiles on
@@ -28,8 +31,15 @@ not retried, since every retry would fail the same way.
 Between engine calls the worker looks at each job: canceled by the gateway (its cancel key,
 see :mod:`megasr.cancellation`, or RQ's canceled status) drops it and marks it canceled; an
 RQ stop-job command (which RQ delivers only for a worker's first job, so this worker handles
-it for each) stops it; past its timeout fails it; re-queued by RQ behind the worker's back
-(heartbeats stalled) drops it without a result, since another worker owns it now.
+it for each) stops it; past its timeout fails it; no longer this worker's drops it without a
+result.
+
+When the device itself fails, the worker gives up the whole batch and stops: an engine call
+that makes no progress for ``watchdog_timeout_s`` (:mod:`.watchdog`; the process then exits,
+since the hung call cannot be interrupted), or a sticky CUDA error (:mod:`.device_faults`).
+A job that was alone in the failed call fails (RQ retries it while it has retries); every
+other job in hand goes back to the front of its queue without spending a retry and runs
+alone from then on. ``/healthz`` answers 503 from that moment.
 
 SIGTERM lets the batch in hand finish, then the worker exits (RQ's warm shutdown); no new job
 is taken once it arrives.
@@ -38,13 +48,14 @@ is taken once it arrives.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 from redis import Redis
@@ -59,21 +70,25 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from megasr.cancellation import cancel_key
 from megasr.engine_status import publish_engines, withdraw_engines
-from megasr.errors import MegaSRError
+from megasr.errors import EngineError, MegaSRError
 from megasr.jobs import META_STAGE, TASK_FUNC
 from megasr.jobs import JobStatus as PublicStatus
 from megasr.model.engines.base import Cancelled
-from megasr.queue import JOB_SERIALIZER, get_queue
+from megasr.queue import AUTO_QUEUE, JOB_SERIALIZER, get_queue
+from megasr.recovery import ALONE_FIELD, maintain_queue, on_abandoned, requeue_from_intermediate
+from megasr.worker.device_faults import is_fatal_device_error
+from megasr.worker.engine_queue import MIN_BLOCK_S, EngineQueue
+from megasr.worker.health import EXIT_UNHEALTHY, WorkerHealth, running_once_started
 from megasr.worker.heartbeat import HeartbeatThread
+from megasr.worker.lease import JobState, Leases
 from megasr.worker.runtime import WorkerRuntime
 from megasr.worker.upscale_job import BatchKey, UpscaleJob, count_tiles, store_failure
+from megasr.worker.watchdog import Watchdog
 
 logger = logging.getLogger("megasr.worker.batching")
 
-# Redis rounds a blocking timeout below a millisecond to 0, which means "wait forever".
-_MIN_BLOCK_S = 0.001
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -110,39 +125,90 @@ class Segment(NamedTuple):
         return self.item.work.tiles[self.first : self.first + self.count]
 
 
+class DeviceLost(Exception):
+    """The device failed under an engine call of ``items``: the batch is given up."""
+
+    def __init__(self, reason: str, items: list[BatchItem]) -> None:
+        super().__init__(reason)
+        self.items = items
+
+
 class BatchingWorker(SimpleWorker):
     """An RQ worker that runs the tiles of many upscale jobs per engine call."""
+
+    queue_class = EngineQueue
 
     def __init__(self, runtime: WorkerRuntime, connection: Redis, name: str | None = None) -> None:
         settings = runtime.settings
         super().__init__(
-            [get_queue(settings, connection)],
+            [],  # the engines' queues, once they are loaded: see listen()
             name=name,
             connection=connection,
             serializer=JOB_SERIALIZER,
             worker_ttl=settings.worker_ttl_s,
             maintenance_interval=settings.worker_maintenance_interval_s,
-            # Called by RQ's registry cleanup for jobs a dead worker left behind.
-            exception_handlers=[runtime.notifier.on_abandoned],
+            # Called by the registry cleanup for jobs a dead worker left behind.
+            exception_handlers=[on_abandoned, runtime.notifier.on_abandoned],
         )
         self.runtime = runtime
+        self.leases = Leases(
+            connection, self.name, settings.heartbeat_ttl_s, settings.heartbeat_interval_s
+        )
+        self.health = WorkerHealth()
+        self.watchdog = Watchdog(settings.watchdog_timeout_s, self._on_stall)
+        runtime.runner.on_progress = self.watchdog.progress
+        self._heartbeats = HeartbeatThread(
+            self, self.leases, settings.heartbeat_interval_s, lambda: not self.watchdog.stalled
+        )
+        self.health.checks += [
+            ("the heartbeat thread", running_once_started(self._heartbeats)),
+            ("the watchdog", running_once_started(self.watchdog)),
+        ]
+        self._batch: list[BatchItem] = []  # every job in hand
+        self._in_call: list[BatchItem] = []  # the jobs of the engine call running now
+        self._ending = threading.Lock()
         self._stop_job_ids: set[str] = set()
         self._stop_lock = threading.Lock()
-        self._heartbeats = HeartbeatThread(
-            self, settings.heartbeat_interval_s, settings.heartbeat_ttl_s
-        )
+
+    def listen(self, engines: Iterable[str]) -> None:
+        """Take jobs from the queues of ``engines``, and from the queue of jobs for any
+        worker's default engine (before :meth:`work`)."""
+        settings = self.runtime.settings
+        names = [*engines, AUTO_QUEUE]
+        self.queues = [get_queue(settings, e, self.connection, self.queue_class) for e in names]
+        self._ordered_queues = self.queues[:]
 
     # -- RQ hooks ---------------------------------------------------------------------------
 
     def bootstrap(self, *args, **kwargs) -> None:
         super().bootstrap(*args, **kwargs)
         self._heartbeats.start()
+        self.watchdog.start()
 
     def teardown(self) -> None:
+        self.watchdog.stop()
         self._heartbeats.stop()
         with suppress(Exception):
             withdraw_engines(self.connection, self.name)
         super().teardown()
+
+    def subscribe(self) -> None:
+        """RQ's command channel, read in one-second waits instead of RQ's 60: redis-py's
+        ``stop()`` joins the reading thread, which after the unsubscribe waits out its whole
+        wait, so a warm shutdown could otherwise hang for up to a minute."""
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=1, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
+
+    def clean_registries(self) -> None:
+        """The project's cleanup pass (:mod:`megasr.recovery`) over this worker's queues."""
+        grace = self.runtime.settings.heartbeat_ttl_s
+        for queue in self.queues:
+            maintain_queue(queue, self._exc_handlers, grace)
+        self.last_cleaned_at = now()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """A short lease renewed by the heartbeat thread, not RQ's job timeout + 60 s, so a
@@ -186,23 +252,26 @@ class BatchingWorker(SimpleWorker):
         self.set_state(WorkerStatus.BUSY)
         self.runtime.metrics.busy.set(1)
         try:
-            batch, others = self._collect(job, queue)
-            self._run_batch(batch)
-            for other, other_queue in others:
-                super().execute_job(other, other_queue)
+            self._run_batch(self._collect(job, queue))
+        except DeviceLost as lost:
+            self.health.fail(str(lost))
+            self._give_up(EngineError(str(lost)), lost.items)
+            self._stop_requested = True  # RQ's loop ends; `megasr worker` exits unhealthy
         finally:
+            self._batch = []
             self.runtime.metrics.busy.set(0)
             self.set_state(WorkerStatus.IDLE)
 
     # -- taking jobs ------------------------------------------------------------------------
 
-    def _collect(
-        self, job: Job, queue: Queue
-    ) -> tuple[list[tuple[Job, Queue]], list[tuple[Job, Queue]]]:
-        """The first job plus whatever else fits: upscale jobs, and others to run after."""
+    def _collect(self, job: Job, queue: Queue) -> list[tuple[Job, Queue]]:
+        """The first job plus whatever else fits. A job that must run alone (it was in a
+        batch when a worker crashed) runs alone; another one, or a job of another kind, goes
+        back to the front of its queue for the next round."""
         settings = self.runtime.settings
         batch: list[tuple[Job, Queue]] = [(job, queue)]
-        others: list[tuple[Job, Queue]] = []
+        if self._runs_alone(job):
+            return batch
         tiles = count_tiles(job.args[0], self.runtime.engines)
         deadline = time.monotonic() + settings.max_wait_ms / 1000
         while tiles < settings.max_batch_tiles and not self._stop_requested:
@@ -210,7 +279,7 @@ class BatchingWorker(SimpleWorker):
             try:
                 taken = self.queue_class.dequeue_any(
                     self._ordered_queues,
-                    remaining if remaining >= _MIN_BLOCK_S else None,
+                    remaining if remaining >= MIN_BLOCK_S else None,
                     connection=self.connection,
                     job_class=self.job_class,
                     serializer=self.serializer,
@@ -220,24 +289,29 @@ class BatchingWorker(SimpleWorker):
                 break
             if taken is None:
                 break
-            if _is_upscale(taken[0]):
-                batch.append(taken)
-                tiles += count_tiles(taken[0].args[0], self.runtime.engines)
-            else:
-                others.append(taken)
-        return batch, others
+            if not _is_upscale(taken[0]) or self._runs_alone(taken[0]):
+                requeue_from_intermediate(taken[1], taken[0].id)
+                break
+            batch.append(taken)
+            tiles += count_tiles(taken[0].args[0], self.runtime.engines)
+        return batch
 
-    def _start(self, job: Job, queue: Queue) -> BatchItem | None:
-        """Mark ``job`` started the way RQ does; None when it was canceled while queued."""
-        cancel_requested, status = self._states([job])[0]
-        if cancel_requested or status == JobStatus.CANCELED:
-            queue.intermediate_queue.remove(job.id)
-            self._mark_canceled(job)
-            self._notify_end(job, "unknown", PublicStatus.CANCELED)
-            return None
+    def _runs_alone(self, job: Job) -> bool:
+        return bool(self.connection.hget(job.key, ALONE_FIELD))
+
+    def _start(self, job: Job, queue: Queue, batch_size: int) -> BatchItem | None:
+        """Start ``job`` as this worker's; None when it was canceled while queued (the
+        gateway told its client) or a cleaner already queued it again."""
         execution = self.prepare_execution(job)
-        self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
-        if job.enqueued_at is not None and job.started_at is not None:
+        outcome = self.leases.start(job, queue, execution, batch_size)
+        if outcome != "started":
+            self._forget(job, execution)
+            if outcome == "canceled":
+                self._mark_canceled(job)
+            else:
+                logger.warning("job %s was queued again before it started; skipped", job.id)
+            return None
+        if job.enqueued_at is not None:
             wait = (job.started_at - job.enqueued_at).total_seconds()
             self.runtime.metrics.queue_wait_seconds.observe(max(0.0, wait))
         return BatchItem(job, queue, execution)
@@ -245,11 +319,15 @@ class BatchingWorker(SimpleWorker):
     # -- running a batch --------------------------------------------------------------------
 
     def _run_batch(self, pairs: Sequence[tuple[Job, Queue]]) -> None:
-        items = [item for job, queue in pairs if (item := self._start(job, queue)) is not None]
+        for job, queue in pairs:
+            if (item := self._start(job, queue, len(pairs))) is not None:
+                self._batch.append(item)
         groups: dict[BatchKey, list[BatchItem]] = defaultdict(list)
-        for item in items:
+        for item in self._batch:
             try:
-                item.work = self.runtime.new_job(item.job.args[0], item.job)
+                item.work = self.runtime.new_job(
+                    item.job.args[0], item.job, self._meta_writer(item.execution)
+                )
                 item.work.prepare()
             except Exception as exc:
                 self._fail(item, exc)
@@ -257,7 +335,7 @@ class BatchingWorker(SimpleWorker):
             groups[item.work.batch_key].append(item)
         logger.info(
             "batch of %d job(s) in %d group(s): %s",
-            len(items),
+            len(self._batch),
             len(groups),
             ", ".join(f"{key.engine} x{len(group)}" for key, group in groups.items()),
         )
@@ -266,6 +344,9 @@ class BatchingWorker(SimpleWorker):
                 self._run_images(group)
             else:
                 self._run_group(group)
+
+    def _meta_writer(self, execution: Execution) -> Callable[[Job], object]:
+        return lambda job: self.leases.save_meta(job, execution)
 
     def _run_group(self, group: list[BatchItem]) -> None:
         """All tiles of jobs that share a batch key, ``max_batch_tiles`` per engine call."""
@@ -279,8 +360,13 @@ class BatchingWorker(SimpleWorker):
             tiles = torch.cat([segment.tiles for segment in segments])
             started = time.perf_counter()
             slot = segments[0].item.work.slot
+            items = [segment.item for segment in segments]
             try:
-                outputs, batch_size = self.runtime.runner.run(slot, tiles, batch_size)
+                outputs, batch_size = self._engine_call(
+                    items, self.runtime.runner.run, slot, tiles, batch_size
+                )
+            except DeviceLost:
+                raise
             except Exception as exc:
                 self._isolate(segments, batch_size, exc)
                 continue
@@ -296,7 +382,9 @@ class BatchingWorker(SimpleWorker):
         tasks = [item.work.image_task(self._should_stop(item)) for item in pending]
         started = time.perf_counter()
         try:
-            results = self.runtime.runner.restore(slot, tasks)
+            results = self._engine_call(pending, self.runtime.runner.restore, slot, tasks)
+        except DeviceLost:
+            raise
         except Exception as exc:
             if len(pending) == 1:
                 self._fail(pending[0], exc)
@@ -311,12 +399,26 @@ class BatchingWorker(SimpleWorker):
             item.work.restored(result, started)
             self._succeed(item)
 
+    def _engine_call(self, items: list[BatchItem], call: Callable[..., T], *args) -> T:
+        """One engine call for ``items``, under the watchdog; a sticky device error raises
+        :class:`DeviceLost`."""
+        self._in_call = items
+        try:
+            with self.watchdog.watching():
+                return call(*args)
+        except Exception as exc:
+            if is_fatal_device_error(exc):
+                raise DeviceLost(f"the device failed: {exc}", items) from exc
+            raise
+        finally:
+            self._in_call = []
+
     def _should_stop(self, item: BatchItem) -> Callable[[], bool]:
         """Asked by the engine before each step of ``item``'s image: ends the job here (and
         says so) if it was canceled, stopped, timed out or taken away."""
 
         def should_stop() -> bool:
-            return item.done or self._interrupt(item, *self._states([item.job])[0])
+            return item.done or self._interrupt(item, self._job_state(item))
 
         return should_stop
 
@@ -330,7 +432,11 @@ class BatchingWorker(SimpleWorker):
             started = time.perf_counter()
             slot = segment.item.work.slot
             try:
-                outputs, _ = self.runtime.runner.run(slot, segment.tiles, batch_size)
+                outputs, _ = self._engine_call(
+                    [segment.item], self.runtime.runner.run, slot, segment.tiles, batch_size
+                )
+            except DeviceLost:
+                raise
             except Exception as exc:
                 self._fail(segment.item, exc)
                 continue
@@ -357,37 +463,27 @@ class BatchingWorker(SimpleWorker):
     def _checkpoint(self, group: list[BatchItem]) -> None:
         """Drop canceled, stopped, timed-out and taken-away jobs before the next call."""
         alive = [item for item in group if not item.done]
-        for item, state in zip(alive, self._states([i.job for i in alive]), strict=True):
-            self._interrupt(item, *state)
+        states = self.leases.states([(item.job, item.execution) for item in alive])
+        for item, state in zip(alive, states, strict=True):
+            self._interrupt(item, state)
 
-    def _interrupt(self, item: BatchItem, cancel_requested: bool, status: str | None) -> bool:
+    def _job_state(self, item: BatchItem) -> JobState:
+        return self.leases.state(item.job, item.execution)
+
+    def _interrupt(self, item: BatchItem, state: JobState) -> bool:
         """End ``item`` here if it must not go on; True when it was ended."""
-        if cancel_requested or status == JobStatus.CANCELED:
+        if state.cancel_requested or state.status == JobStatus.CANCELED:
             self._cancel(item)
         elif self._take_stop_request(item.job.id):
             self._stop(item)
+        elif not state.owned:
+            self._let_go(item, state.status)
         elif _timed_out(item.job):
             timeout = item.job.timeout
             self._fail(item, JobTimeoutException(f"job exceeded its timeout of {timeout} s"))
-        elif status != JobStatus.STARTED:
-            self._let_go(item, status)
         else:
             return False
         return True
-
-    def _states(self, jobs: Sequence[Job]) -> list[tuple[bool, str | None]]:
-        """(cancel requested, RQ status) of each job, in one round trip."""
-        if not jobs:
-            return []
-        with self.connection.pipeline(transaction=False) as pipeline:
-            for job in jobs:
-                pipeline.exists(cancel_key(job.id))
-                pipeline.hget(job.key, "status")
-            replies = pipeline.execute()
-        return [
-            (bool(canceled), status.decode() if status else None)
-            for canceled, status in zip(replies[::2], replies[1::2], strict=True)
-        ]
 
     def _request_job_stop(self, job_id: str) -> None:
         """From the pubsub thread: stop ``job_id`` at the next checkpoint if it is ours."""
@@ -406,25 +502,52 @@ class BatchingWorker(SimpleWorker):
 
     # -- ending a job -----------------------------------------------------------------------
 
+    def _end(self, item: BatchItem) -> bool:
+        """Take ``item`` out of the batch, once: False when another thread (the watchdog)
+        or an earlier step already ended it."""
+        with self._ending:
+            if item.done:
+                return False
+            item.done = True
+            return True
+
+    def _claimed(self, item: BatchItem) -> bool:
+        """End ``item`` and claim it; a job that is no longer ours is let go instead."""
+        if not self._end(item):
+            return False
+        if self.leases.claim(item.execution):
+            return True
+        logger.warning("job %s is no longer ours (lease lapsed); dropping it", item.job.id)
+        self._forget(item.job, item.execution)
+        return False
+
     def _succeed(self, item: BatchItem) -> None:
-        """Store the result and hand the job to RQ's success handling (unless interrupted)."""
-        if self._interrupt(item, *self._states([item.job])[0]):
+        """Store the result, then hand the job to RQ's success handling, if still ours.
+
+        The result object is stored before the job is marked finished, so a finished job
+        always has its result; a worker that lost the job leaves the object where it is (the
+        key is the job's, and the job's new owner writes the same key)."""
+        if self._interrupt(item, self._job_state(item)):
             return
         try:
             output = item.work.finish()
         except Exception as exc:
             self._fail(item, exc)
             return
-        if self._interrupt(item, *self._states([item.job])[0]):  # while the result was stored
-            self.runtime.storage.delete(output["key"])
+        state = self._job_state(item)
+        if state.cancel_requested or state.status == JobStatus.CANCELED:
+            self.runtime.storage.delete(output["key"])  # canceled while it was stored
+            self._cancel(item)
             return
-        item.done = True
+        if not self._claimed(item):
+            return
         self._finalize_success(item.job, item.queue, item.execution, output)
         self._notify_end(item.job, item.engine, PublicStatus.SUCCEEDED)
 
     def _fail(self, item: BatchItem, error: BaseException) -> None:
         """RQ's failure handling for one job: a retry while it has retries, else failed."""
-        item.done = True
+        if not self._claimed(item):
+            return
         job = item.job
         if isinstance(error, MegaSRError) and error.status < 500:
             job.retries_left = 0  # bad input: every retry would fail the same way
@@ -438,19 +561,38 @@ class BatchingWorker(SimpleWorker):
         else:
             self._notify_end(job, item.engine, PublicStatus.FAILED)
 
+    def _release(self, item: BatchItem) -> None:
+        """Hand the job back to the front of its queue without spending a retry (the device
+        failed under a batch it did not cause); it runs alone from now on."""
+        if not self._claimed(item):
+            return
+        job = item.job
+        job.meta[META_STAGE] = "retrying"
+        with self.connection.pipeline() as pipeline:
+            self.cleanup_execution(job, pipeline=pipeline, execution=item.execution)
+            pipeline.hset(job.key, ALONE_FIELD, "1")
+            item.queue._enqueue_job(job, pipeline=pipeline, at_front=True)
+            pipeline.execute()
+        self.runtime.metrics.jobs_finished.labels(item.engine, "retried").inc()
+
     def _cancel(self, item: BatchItem) -> None:
         """The gateway canceled the job: no result, status canceled, execution cleared."""
-        item.done = True
-        self._mark_canceled(item.job)
-        with self.connection.pipeline() as pipeline:
-            self.cleanup_execution(item.job, pipeline=pipeline, execution=item.execution)
-            pipeline.execute()
-        self._notify_end(item.job, item.engine, PublicStatus.CANCELED)
+        if not self._end(item):
+            return
+        owned = self.leases.owns(item.job, item.execution)
+        self._forget(item.job, item.execution)
+        if owned:  # else its new owner tells the client
+            self._mark_canceled(item.job)
+            self._notify_end(item.job, item.engine, PublicStatus.CANCELED)
 
     def _stop(self, item: BatchItem) -> None:
         """An RQ stop-job command: RQ's stopped status, failed registry, no retry."""
-        item.done = True
+        if not self._end(item):
+            return
         job = item.job
+        if not self.leases.owns(job, item.execution):
+            self._forget(job, item.execution)
+            return
         job.ended_at = now()
         try:
             execute_stopped_callback(job, self.death_penalty_class)
@@ -464,10 +606,14 @@ class BatchingWorker(SimpleWorker):
 
     def _let_go(self, item: BatchItem, status: str | None) -> None:
         """RQ gave the job to someone else (our lease lapsed): stop working on it, quietly."""
-        logger.warning("job %s is %s, no longer ours; dropping it", item.job.id, status)
-        item.done = True
+        if self._end(item):
+            logger.warning("job %s is %s and no longer ours; dropping it", item.job.id, status)
+            self._forget(item.job, item.execution)
+
+    def _forget(self, job: Job, execution: Execution) -> None:
+        """Remove this worker's execution of ``job`` (its own records only)."""
         with self.connection.pipeline() as pipeline:
-            self.cleanup_execution(item.job, pipeline=pipeline, execution=item.execution)
+            self.cleanup_execution(job, pipeline=pipeline, execution=execution)
             pipeline.execute()
 
     def _mark_canceled(self, job: Job) -> None:
@@ -482,6 +628,37 @@ class BatchingWorker(SimpleWorker):
             self.runtime.notifier.notify(job, status)
         except Exception:
             logger.exception("cannot queue the webhook of job %s", job.id)
+
+    # -- when the device fails ----------------------------------------------------------------
+
+    def _give_up(self, error: MegaSRError, culprits: list[BatchItem]) -> None:
+        """End every job in hand: the one job of the failed call fails (RQ retries it while
+        it has retries); the others, innocent or not to be told apart, go back free."""
+        blamed = [item for item in culprits if not item.done]
+        for item in list(self._batch):
+            if item.done:
+                continue
+            try:
+                if len(blamed) == 1 and item is blamed[0]:
+                    self._fail(item, error)
+                else:
+                    self._release(item)
+            except Exception:
+                logger.exception("cannot hand back job %s; its lease will lapse", item.job.id)
+
+    def _on_stall(self, idle_s: float) -> None:
+        """From the watchdog's thread, while the engine call still hangs in the main one."""
+        timeout = self.runtime.settings.watchdog_timeout_s
+        problem = f"an engine call made no progress for {idle_s:.0f} s (timeout {timeout:g} s)"
+        self.health.fail(problem)
+        self._give_up(EngineError(f"{problem}; the worker restarts"), self._in_call)
+        with suppress(Exception):
+            withdraw_engines(self.connection, self.name)
+            self.register_death()
+        self.runtime.close()  # deliver the webhooks of the jobs just ended
+        logger.error("exiting (%d): the engine call cannot be interrupted", EXIT_UNHEALTHY)
+        logging.shutdown()
+        os._exit(EXIT_UNHEALTHY)
 
 
 def _is_upscale(job: Job) -> bool:

@@ -9,9 +9,14 @@ counts it in ``oom_retries``, which this module turns into the metric.
 NaN or Inf in an output (fp16 overflow on some inputs): count the engine's own float32
 reruns, and run tiles or images it still returns non-finite again on the engine's float32
 twin.
+
+Each engine call that returns, and each forward pass of an image engine, is progress:
+``on_progress`` is called for it (the batching worker's watchdog listens there).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -26,6 +31,7 @@ class EngineRunner:
 
     def __init__(self, metrics: WorkerMetrics) -> None:
         self.metrics = metrics
+        self.on_progress: Callable[[], None] = lambda: None
 
     def run(
         self, slot: EngineSlot, tiles: torch.Tensor, batch_size: int
@@ -80,6 +86,7 @@ class EngineRunner:
         return results
 
     def _count_batch(self, slot: EngineSlot, tiles: int) -> None:
+        self.on_progress()
         self.metrics.batch_size_tiles.observe(tiles)
         self.metrics.tiles_processed.labels(slot.name).inc(tiles)
 

@@ -75,6 +75,11 @@ class WorkerMetrics:
             "megasr_engine_loaded", "1 when the engine is loaded and warm.", ["engine"], registry=r
         )
         self.busy = Gauge("megasr_worker_busy", "1 while the worker runs a batch.", registry=r)
+        self.storage_retries = Counter(
+            "megasr_storage_retries_total",
+            "Storage calls tried again because the storage could not be reached.",
+            registry=r,
+        )
         self.jobs_finished = Counter(
             "megasr_jobs_finished_total",
             "Jobs that left this worker, by outcome.",

@@ -20,6 +20,7 @@ from megasr.storage import Storage, create_storage
 from megasr.worker.engine_runner import EngineRunner
 from megasr.worker.engines import EnginePool
 from megasr.worker.metrics import WorkerMetrics
+from megasr.worker.storage_retry import RetryingStorage
 from megasr.worker.upscale_job import UpscaleJob
 
 
@@ -39,7 +40,9 @@ class WorkerRuntime:
         """Everything but the engines' weights (call ``engines.load()`` next)."""
         engines = EnginePool(settings)
         metrics = WorkerMetrics(engines.device)
-        storage = create_storage(settings)
+        storage = RetryingStorage(
+            create_storage(settings), settings.storage_retry_s, metrics.storage_retries.inc
+        )
         return cls(
             settings=settings,
             storage=storage,
@@ -56,8 +59,15 @@ class WorkerRuntime:
             self.metrics.engine_ready(name)
         return self
 
-    def new_job(self, payload: JobPayload, job: Job | None = None) -> UpscaleJob:
-        return UpscaleJob(payload, self.settings, self.storage, self.engines, self.metrics, job)
+    def new_job(
+        self,
+        payload: JobPayload,
+        job: Job | None = None,
+        save_meta: Callable[[Job], object] | None = None,
+    ) -> UpscaleJob:
+        return UpscaleJob(
+            payload, self.settings, self.storage, self.engines, self.metrics, job, save_meta
+        )
 
     def close(self) -> None:
         """Wait for webhooks still being delivered."""

@@ -3,7 +3,9 @@
 A worker speaks RQ, not HTTP, so this is a small threaded server from the standard library
 that runs beside the work loop. ``/readyz`` turns true only once every engine is loaded and
 warmed up, so an orchestrator sends no traffic to a worker still loading weights (a worker
-takes work from the queue, but a readiness gate still keeps rollouts honest).
+takes work from the queue, but a readiness gate still keeps rollouts honest). ``/healthz``
+answers 503 with the reason once the worker is unhealthy (:mod:`.health`), so a liveness
+probe restarts it.
 """
 
 from __future__ import annotations
@@ -24,9 +26,14 @@ class StatusServer:
     """Serves the three endpoints from a daemon thread until :meth:`close`."""
 
     def __init__(
-        self, host: str, port: int, metrics: WorkerMetrics, is_ready: Callable[[], bool]
+        self,
+        host: str,
+        port: int,
+        metrics: WorkerMetrics,
+        is_ready: Callable[[], bool],
+        problem: Callable[[], str | None] = lambda: None,
     ) -> None:
-        handler = _handler_class(metrics, is_ready)
+        handler = _handler_class(metrics, is_ready, problem)
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -54,7 +61,7 @@ class StatusServer:
 
 
 def _handler_class(
-    metrics: WorkerMetrics, is_ready: Callable[[], bool]
+    metrics: WorkerMetrics, is_ready: Callable[[], bool], problem: Callable[[], str | None]
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "megasr-worker"
@@ -64,7 +71,12 @@ def _handler_class(
             if path == "/metrics":
                 self._send(HTTPStatus.OK, metrics.exposition(), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                self._json(HTTPStatus.OK, {"status": "ok"})
+                if (reason := problem()) is None:
+                    self._json(HTTPStatus.OK, {"status": "ok"})
+                else:
+                    self._json(
+                        HTTPStatus.SERVICE_UNAVAILABLE, {"status": "unhealthy", "detail": reason}
+                    )
             elif path == "/readyz":
                 ready = is_ready()
                 status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE

@@ -13,7 +13,7 @@ The engine work in the middle is not done here; whoever runs the engine (one job
 :meth:`UpscaleJob.finish` then resizes to the exact asked size, encodes and stores the result.
 
 Progress, the stage and per-stage timings go into ``job.meta`` as the gateway reads them; the
-worker is the only writer of a started job's meta.
+worker that owns a started job is the only writer of its meta.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def count_tiles(payload: JobPayload, engines: EnginePool) -> int:
     """How many tiles a queued job will take (per denoising step for an image engine), from
     the size the gateway probed (no decode)."""
     try:
-        engine = engines.get(payload["params"].get("engine", "auto")).engine
+        engine = engines.get(job_engine(payload)).engine
         width, height = int(payload["input"]["width"]), int(payload["input"]["height"])
         if isinstance(engine, ImageEngine):
             params = UpscaleParams.model_validate(payload["params"])
@@ -88,6 +88,12 @@ def count_tiles(payload: JobPayload, engines: EnginePool) -> int:
         return len(plan_image_tiles(height, width, spec, fit=True, bucket=TILE_BUCKET))
     except (MegaSRError, KeyError, TypeError, ValueError, AttributeError):
         return 1  # the job fails on its own later; for the batch it is one tile
+
+
+def job_engine(payload: JobPayload) -> str:
+    """The engine a job runs on: the one the gateway resolved and queued it for (a job queued
+    before engines had queues of their own names only its ``engine`` parameter)."""
+    return payload.get("engine") or payload["params"].get("engine", "auto")
 
 
 def failure_problem(error: BaseException) -> dict[str, Any]:
@@ -120,6 +126,7 @@ class UpscaleJob:
         engines: EnginePool,
         metrics: WorkerMetrics,
         job: Job | None = None,
+        save_meta: Callable[[Job], object] | None = None,
     ) -> None:
         self.payload = payload
         self.job_id = payload["job_id"]
@@ -129,7 +136,8 @@ class UpscaleJob:
         self.metrics = metrics
         self.timings: dict[str, float] = {}
         self.params = UpscaleParams.model_validate(payload["params"])
-        self.slot: EngineSlot = engines.get(self.params.engine)
+        self.slot: EngineSlot = engines.get(job_engine(payload))
+        self._write_meta = save_meta or Job.save_meta
         self.tiles = torch.empty(0)
         self._image: DecodedImage | None = None
         self._size = (0, 0)
@@ -172,7 +180,9 @@ class UpscaleJob:
                 spec = self.slot.tile_spec
                 self.tiles, layout = cut_tiles(image, spec, fit=True, bucket=TILE_BUCKET)
                 self._tile = layout.tile
-                self._accumulator = TileAccumulator(layout, self.slot.engine.native_scale)
+                native_scale = self.slot.engine.native_scale
+                size = (self._size[1], self._size[0])
+                self._accumulator = TileAccumulator(layout, native_scale, size)
             self._image = image
         self._save_meta({META_STAGE: "inference"})  # from here it waits for engine calls
 
@@ -221,9 +231,9 @@ class UpscaleJob:
         assert self._image is not None and self.complete, "prepare() and the engine first"
         image, (width, height) = self._image, self._size
         fmt = self.params.output_format or default_output_format(image.source_format)
-        native = self._restored if self._restored is not None else self._accumulator.result()
+        rgb = self._restored if self._restored is not None else self._accumulator.result()
         with self._stage("encode"):
-            result = finish_image(native, image, width, height)
+            result = finish_image(rgb, image, width, height)
             data = encode_image(
                 result.rgb, result.alpha, fmt, self.params.quality, image.bit_depth, image.grayscale
             )
@@ -251,8 +261,9 @@ class UpscaleJob:
         self.metrics.stage_seconds.labels(stage).observe(seconds)
 
     def _save_meta(self, values: dict[str, Any]) -> None:
-        """Update ``job.meta`` (a job run outside RQ has none to update)."""
+        """Update ``job.meta`` (a job run outside RQ has none to update); the batching worker
+        writes it only while the job is still its own."""
         if self.job is None:
             return
         self.job.meta.update(values)
-        self.job.save_meta()
+        self._write_meta(self.job)

@@ -1,8 +1,10 @@
-"""``megasr worker``: load the engines once, warm them up, then serve the queue in batches.
+"""``megasr worker``: load the engines once, warm them up, then serve their queues in batches.
 
 The worker's HTTP port (``/metrics``, ``/healthz``, ``/readyz``) opens first, so a probe sees
 the process alive while weights load; ``/readyz`` turns true once every engine is warm.
-``--burst`` drains the queue and exits (for tests and one-off runs).
+``--burst`` drains the queues and exits (for tests and one-off runs). The exit status is 0
+after a clean stop, and 70 when the worker stopped because its device failed (a hung engine
+call, a sticky CUDA error): an orchestrator restarts it.
 """
 
 from __future__ import annotations
@@ -40,12 +42,14 @@ def run(args: argparse.Namespace) -> int:
     # Imported here: torch and the engines load only for this command.
     from megasr.queue import redis_connection
     from megasr.worker.batching import BatchingWorker
+    from megasr.worker.health import EXIT_UNHEALTHY
     from megasr.worker.runtime import WorkerRuntime
     from megasr.worker.status_server import StatusServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = _settings(args)
-    connection = redis_connection(settings)
+    # A Redis restart within a lease does not cost the batch in hand.
+    connection = redis_connection(settings, retry_s=settings.heartbeat_ttl_s)
     runtime = WorkerRuntime.from_settings(settings)
     worker = BatchingWorker(runtime, connection, name=args.name)
     server = StatusServer(
@@ -53,15 +57,17 @@ def run(args: argparse.Namespace) -> int:
         settings.worker_metrics_port,
         runtime.metrics,
         is_ready=lambda: runtime.engines.ready,
+        problem=worker.health.problem,
     ).start()
     print(f"megasr worker {worker.name}: metrics and probes on {server.url}", flush=True)
     try:
         runtime.load_engines(on_change=worker.announce_engines)
+        worker.listen(runtime.engines.slots)
         worker.work(burst=args.burst, logging_level="INFO")
     finally:
         server.close()
         runtime.close()
-    return 0
+    return EXIT_UNHEALTHY if worker.health.failed else 0
 
 
 def _settings(args: argparse.Namespace) -> Settings:

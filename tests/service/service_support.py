@@ -59,9 +59,9 @@ class Gateway:
         self.server.should_exit = True
         self.thread.join()
 
-    @property
-    def queue(self):
-        return self.app.state.gateway.queue
+    def queued(self) -> list[str]:
+        """Ids of the jobs waiting, in every engine's queue."""
+        return [job_id for q in self.app.state.gateway.queues.all() for job_id in q.job_ids]
 
     @property
     def redis(self):

@@ -174,6 +174,6 @@ def test_a_client_that_hangs_up_mid_upload_gets_no_500_and_stores_nothing(gatewa
 
     wait_until(lambda: statuses(), "the cut request to be counted")
     assert statuses() == {"400": 1.0}
-    assert gateway.queue.count == 0
+    assert len(gateway.queued()) == 0
     objects = gateway.settings.data_dir / "objects"
     assert not objects.exists() or not any(objects.rglob("*.*"))

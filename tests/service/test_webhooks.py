@@ -153,7 +153,7 @@ def test_the_gateway_refuses_a_refused_webhook_at_submit_with_422(gateway, photo
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
     assert "is refused" in response.json()["detail"]
-    assert gateway.queue.count == 0
+    assert len(gateway.queued()) == 0
 
 
 # -- delivery ------------------------------------------------------------------------------
