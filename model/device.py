@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
+from megasr.cpu_quota import CGROUP_ROOT, cgroup_cpu_quota
 from megasr.errors import EngineError
 from megasr.settings import Settings
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 # PyTorch's own count before anyone changed it: one per physical core this process may run
 # on (OMP_NUM_THREADS, where set). It knows nothing of a container's CPU quota.
 _TORCH_DEFAULT_THREADS = torch.get_num_threads()
@@ -70,28 +70,6 @@ def usable_cpu_threads(cgroup_root: Path = CGROUP_ROOT) -> int:
     if quota is None:
         return _TORCH_DEFAULT_THREADS
     return max(1, min(_TORCH_DEFAULT_THREADS, math.ceil(quota)))
-
-
-def cgroup_cpu_quota(root: Path = CGROUP_ROOT) -> float | None:
-    """CPUs' worth of time this process's cgroup may use, or None when it is unlimited.
-
-    Reads cgroup v2 (``cpu.max``: "quota period" or "max period"), else v1
-    (``cpu/cpu.cfs_quota_us`` and ``cpu.cfs_period_us``, -1 for no limit).
-    """
-    try:
-        quota, period = (root / "cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
-        try:
-            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
-            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
-        except OSError:
-            return None
-    if quota in ("max", "-1"):
-        return None
-    try:
-        return int(quota) / int(period)
-    except (ValueError, ZeroDivisionError):
-        return None
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -10,7 +10,6 @@ import torch
 
 from megasr.errors import EngineError
 from megasr.model.device import (
-    cgroup_cpu_quota,
     cpu_has_native_bf16,
     fast_dtype,
     resolve_device,
@@ -87,20 +86,6 @@ def write_cgroup(root: Path, files: dict[str, str]) -> Path:
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(text)
     return root
-
-
-@pytest.mark.parametrize(
-    ("files", "quota"),
-    [
-        ({"cpu.max": "150000 100000\n"}, 1.5),  # cgroup v2, a limit of 1.5 CPUs
-        ({"cpu.max": "max 100000\n"}, None),  # v2, unlimited
-        ({"cpu/cpu.cfs_quota_us": "100000", "cpu/cpu.cfs_period_us": "100000"}, 1.0),  # v1
-        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
-        ({}, None),  # no cgroup files: not Linux, or not mounted
-    ],
-)
-def test_cgroup_cpu_quota(tmp_path: Path, files: dict[str, str], quota: float | None) -> None:
-    assert cgroup_cpu_quota(write_cgroup(tmp_path, files)) == quota
 
 
 def test_a_cpu_quota_caps_the_thread_count(tmp_path: Path) -> None:
