@@ -34,11 +34,7 @@ from megasr.model.megasr.csm import LGWAM
 from megasr.model.megasr.networks import MegaSRControlNetModel
 from megasr.model.megasr.presets import SD_SCHEDULER, TINY_UNET, TINY_VAE, tiny_text_encoder
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -31,10 +31,7 @@ def engine(tmp_path_factory) -> MegaSREngine:
     return engine
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def lr_image(height: int = 16, width: int = 16, seed: int = 5) -> torch.Tensor:

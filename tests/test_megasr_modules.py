@@ -12,7 +12,6 @@ from megasr_tiny import (
     denoiser_and_plain,
     denoiser_and_plain_with,
     inputs,
-    one_thread,
     plain_forward,
     randomise_new_modules,
     tiny_denoiser,
@@ -23,11 +22,7 @@ from megasr.model.megasr.conditions import MegaSRConditions
 from megasr.model.megasr.csm import CSMProcessor
 from megasr.model.megasr.msfm import MSFM
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_fresh_modules_leave_the_pretrained_model_unchanged():

@@ -12,7 +12,6 @@ from megasr_tiny import (
     TINY,
     denoiser_and_plain,
     inputs,
-    one_thread,
     plain_forward,
     randomise_new_modules,
     tiny_denoiser,
@@ -23,11 +22,7 @@ from megasr.model.megasr.adapter import count_modules
 from megasr.model.megasr.csm import LGWAM, CSMProcessor, PlainFusedAttnProcessor
 from megasr.model.megasr.networks import Installation, MegaSRControlNetModel
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _forward(denoiser, args) -> torch.Tensor:

@@ -29,10 +29,7 @@ from megasr.model.megasr.tiling import LatentTiling, map_tiled
 STEPS = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
