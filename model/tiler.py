@@ -63,9 +63,11 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, multiple: int =
     )
 
 
-def fitted_tile(height: int, width: int, tile: int, multiple: int = 1) -> int:
-    """A tile no larger than the image needs, for callers that batch one image alone."""
-    return min(tile, _round_up(max(height, width), multiple))
+def fitted_tile(height: int, width: int, tile: int, multiple: int = 1, whole_up_to: int = 0) -> int:
+    """The tile for an image run on its own terms: no larger than the image needs, and the
+    whole image as one tile when its longer side is at most ``whole_up_to``."""
+    side = _round_up(max(height, width), multiple)
+    return side if side <= max(tile, whole_up_to) else tile
 
 
 def extract_tiles(image: torch.Tensor, layout: TileLayout) -> torch.Tensor:

@@ -37,14 +37,16 @@ def plan_image_tiles(
 ) -> TileLayout:
     """The tile layout of an image of ``height`` x ``width`` for an engine with ``spec``.
 
-    ``fit`` shrinks the tile of an image smaller than one engine tile to the image, rounded
-    up to a multiple of ``bucket``: a 64 px image then costs a 64 px tile, not a full one,
+    ``fit`` gives an image smaller than one engine tile, or no larger than the spec's
+    ``whole_up_to``, one tile of its own size, rounded up to a multiple of ``bucket``: a 64 px
+    image then costs a 64 px tile, not a full one, a 250 px image one tile instead of four,
     and images of similar size still share a tile shape and so a batch. The tile depends on
     the image alone, so a result is the same whether its tiles ran alone or batched.
     """
     tile = spec.size
     if fit:
-        tile = fitted_tile(height, width, spec.size, math.lcm(spec.multiple, bucket))
+        multiple = math.lcm(spec.multiple, bucket)
+        tile = fitted_tile(height, width, spec.size, multiple, spec.whole_up_to)
     return plan_tiles(height, width, tile, spec.overlap, spec.multiple)
 
 

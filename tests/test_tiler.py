@@ -8,7 +8,11 @@ import torch
 from torch import nn
 
 from megasr.imaging.resize import LANCZOS_SUPPORT, resize
+from megasr.model.engines.base import TileSpec
+from megasr.model.engines.realesrgan import RealESRGANEngine
 from megasr.model.tiler import TileAccumulator, TileLayout, extract_tiles, plan_tiles, reflect_pad
+from megasr.model.upscaler import plan_image_tiles
+from megasr.settings import Settings
 
 
 def local_net(seed: int = 0) -> nn.Module:
@@ -143,3 +147,20 @@ def test_accumulator_takes_tiles_in_order() -> None:
     acc = TileAccumulator(layout, scale=2, size=(30, 30))
     with pytest.raises(ValueError, match="tile 1 arrived, tile 0 was expected"):
         acc.add(1, torch.zeros(1, 3, 64, 64))
+
+
+def test_a_fitted_image_up_to_whole_up_to_is_one_tile_of_its_own_size() -> None:
+    spec = TileSpec(size=192, overlap=32, whole_up_to=320)
+    whole = plan_image_tiles(250, 230, spec, fit=True, bucket=64)
+    assert (whole.tile, len(whole)) == (256, 1)  # not four overlapping 192 px tiles
+    fixed = plan_image_tiles(250, 230, spec)  # callers that do not fit keep the fixed tile
+    assert (fixed.tile, len(fixed)) == (192, 4)
+    larger = plan_image_tiles(330, 100, spec, fit=True, bucket=64)  # 384 > 320
+    assert (larger.tile, len(larger)) == (192, 2)
+    small = plan_image_tiles(40, 40, TileSpec(size=192, overlap=32), fit=True, bucket=64)
+    assert (small.tile, len(small)) == (64, 1)
+
+
+def test_realesrgan_runs_images_up_to_5_3_of_its_tile_whole() -> None:
+    assert RealESRGANEngine(Settings()).tile_spec.whole_up_to == 320
+    assert RealESRGANEngine(Settings(tile=96)).tile_spec.whole_up_to == 160

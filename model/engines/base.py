@@ -33,14 +33,20 @@ class TileSpec:
 
     ``size`` is the side of a square input tile in pixels, ``overlap`` the pixels shared by
     neighbouring tiles (blended on reassembly), ``multiple`` what image sides are padded to.
+    ``whole_up_to`` (0: ``size``) is the longest image side that a caller fitting tiles to
+    the image runs as one tile of the image's own size: just above one tile, four tiles
+    would repeat their overlap and padding over more than twice the image's pixels, which
+    costs more than one larger tile (for Real-ESRGAN on the CPU up to about 5/3 of its
+    192-pixel tile, docs/benchmarks.md).
     """
 
     size: int
     overlap: int
     multiple: int = 1
+    whole_up_to: int = 0
 
     def __post_init__(self) -> None:
-        if self.size < 1 or self.overlap < 0 or self.multiple < 1:
+        if self.size < 1 or self.overlap < 0 or self.multiple < 1 or self.whole_up_to < 0:
             raise ValueError(f"invalid tile spec {self}")
         if self.overlap >= self.size:
             raise ValueError(

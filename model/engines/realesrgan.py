@@ -92,7 +92,9 @@ class RealESRGANEngine(TileEngine):
         network runs; ``channels_last`` is for benchmarks."""
         tile = settings.tile or DEFAULT_TILE
         self._cache_dir = settings.cache_dir
-        self._tile_spec = TileSpec(size=tile, overlap=min(DEFAULT_OVERLAP, tile // 4))
+        self._tile_spec = TileSpec(
+            size=tile, overlap=min(DEFAULT_OVERLAP, tile // 4), whole_up_to=tile * 5 // 3
+        )
         self._channels_last = channels_last
         self._backend_setting = settings.backend
         self._net: RRDBNet | None = None
