@@ -8,7 +8,7 @@ and once now. Before, the engine restored each 192-pixel LR tile as an image of 
 every tile from the same seeded noise, and blended the tiles in pixel space; now it
 restores the image whole, tiled in latent space with one noise field.
 
-Written to ``--out`` (default docs/images): both outputs downscaled to 1024 px, a 512-pixel
+Written to ``--out`` (default docs/images): both outputs downscaled to 640 px, a 512-pixel
 crop of each at full resolution where four tiles meet, and a plot of the row autocorrelation
 of the generated detail (output minus the bicubic upscale) against the lag, with the tile
 stride (512 output pixels on both sides) marked; the figures are printed.
@@ -125,7 +125,7 @@ def _save(pixels: np.ndarray, path: Path, size: int | None = None) -> None:
     image = Image.fromarray((pixels.clip(0, 1) * 255 + 0.5).astype(np.uint8))
     if size is not None:
         image = image.resize((size, size), Image.Resampling.LANCZOS)
-    image.save(path, quality=90)
+    image.save(path, quality=80)
 
 
 def main() -> int:
@@ -154,7 +154,7 @@ def main() -> int:
     figures = {}
     for name, out in outputs.items():
         tag = name.split()[0]
-        _save(out, args.out / f"megasr-large-{tag}.jpg", size=1024)
+        _save(out, args.out / f"megasr-large-{tag}.jpg", size=640)
         y, x, side = CROP
         _save(out[y : y + side, x : x + side], args.out / f"megasr-large-{tag}-crop.jpg")
         curve = curves[name]
