@@ -1,7 +1,7 @@
 """Real-ESRGAN x4plus on the CPU, whole images: the project's paths against its peers.
 
 Side by side in one process, on the same photographs at several sizes: the engine as
-``backend=auto`` runs it (inductor, the fast dtype), the engine eager (the fast dtype under
+the worker runs it by default (``backend=auto`` after warm-up: inductor, the fast dtype), the engine eager (the fast dtype under
 autocast, the default before inductor), plain float32 PyTorch as the Real-ESRGAN reference
 script runs the network (NCHW, no autocast, no channels-last; through the engine's own
 192-pixel tiles, an image up to 320 pixels as one, and blending, so it does the same work),
@@ -69,7 +69,7 @@ MIB = 1024 * 1024
 REFERENCE = "PyTorch float32 (reference script's numerics)"
 NCNN = "ncnn runtime, CPU"
 EAGER = "engine, eager"
-BEST = "engine, inductor (backend=auto)"
+BEST = "engine, inductor"
 
 Upscale = Callable[[np.ndarray], np.ndarray]  # (H, W, 3) uint8 -> (4H, 4W, 3) uint8
 

@@ -97,12 +97,30 @@ def test_every_backend_gives_the_float32_result_within_its_tolerance(
         assert not torch.equal(out, reference)  # it did run in reduced precision
 
 
-def test_auto_is_inductor_on_a_cpu_with_a_compiler_and_eager_on_cuda() -> None:
-    assert resolve_backend("auto", CPU) == "inductor"  # g++ is on every machine of ours
-    assert resolve_backend("auto", torch.device("cuda")) == "eager"
-    assert resolve_backend("eager", CPU) == "eager"
+def test_auto_compiles_only_an_engine_that_serves_on_a_cpu() -> None:
+    assert resolve_backend("auto", CPU, serving=True) == "inductor"  # g++ is on our machines
+    assert resolve_backend("auto", CPU) == "eager"  # a one-off command: no compile
+    assert resolve_backend("auto", torch.device("cuda"), serving=True) == "eager"
+    assert resolve_backend("eager", CPU, serving=True) == "eager"
+    assert resolve_backend("inductor", CPU) == "inductor"
     with pytest.raises(ValueError, match="unknown backend 'tvm'"):
         resolve_backend("tvm", CPU)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_auto_runs_eager_until_the_warmup_compiles_it(
+    tmp_path: Path, photo: torch.Tensor, reference: torch.Tensor
+) -> None:
+    engine = tiny_engine(tmp_path, "auto", torch.float32)
+    assert (engine.backend, engine.compiled) == ("eager", False)
+    assert torch.equal(engine.run(photo), reference)
+
+    engine.warmup()  # what the worker does before it takes jobs
+
+    assert (engine.backend, engine.compiled) == ("inductor", True)
+    assert (engine.run(photo) - reference).abs().max() <= LSB
+    assert engine.run(photo[..., :20, :20]).shape == (1, 3, 80, 80)  # any size, one compile
+    assert engine.compiled
 
 
 NO_COMPILER = {"cpp.cxx": ("/nonexistent/c++",)}
@@ -139,10 +157,10 @@ def test_inductor_without_a_compiler_falls_back_to_eager_and_says_why(
 def test_a_compile_that_fails_on_first_use_falls_back_to_eager(
     tmp_path: Path, photo: torch.Tensor, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine = tiny_engine(tmp_path, "inductor", torch.float32)
+    engine = tiny_engine(tmp_path, "inductor", torch.float16)
     assert engine.compiled
-    # A shape no other test compiled, and no on-disk cache: the compile must call the
-    # compiler, which has gone missing since the check at load.
+    # A dtype no other test compiled (every size shares one dynamic compile), and no
+    # on-disk cache: the compile must call the compiler, gone missing since the check at load.
     crop = photo[..., :20, :20]
     with (
         inductor_config.patch({**NO_COMPILER, "fx_graph_cache": False}),
@@ -151,7 +169,7 @@ def test_a_compile_that_fails_on_first_use_falls_back_to_eager(
         out = engine.run(crop)
 
     assert not engine.compiled
-    assert torch.equal(out, tiny_engine(tmp_path, "eager", torch.float32).run(crop))
+    assert torch.equal(out, tiny_engine(tmp_path, "eager", torch.float16).run(crop))
     [message] = [r.getMessage() for r in caplog.records]
     assert message.startswith("inductor failed to compile, running eager from now on: ")
     assert "No working C++ compiler" in message

@@ -112,8 +112,17 @@ class RealESRGANEngine(TileEngine):
             net.to(memory_format=torch.channels_last)
         self._net, self._device = net, device
         self.dtype = dtype or fast_dtype(device)
-        self.backend = resolve_backend(self._backend_setting, device)
-        self._compiled = self._compile(net) if self.backend == "inductor" else None
+        self._use_backend(resolve_backend(self._backend_setting, device))
+
+    def warmup(self) -> None:
+        """Serve-ready: ``auto`` compiles here, where the worker pays it before any job."""
+        if self.backend == "eager" and self._backend_setting == "auto":
+            self._use_backend(resolve_backend("auto", self._device, serving=True))
+        super().warmup()
+
+    def _use_backend(self, backend: str) -> None:
+        self.backend = backend
+        self._compiled = self._compile(self._net) if backend == "inductor" else None
         self._compiled_dtype = self.dtype
 
     def _load_network(self) -> RRDBNet:
