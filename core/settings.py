@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -173,6 +173,17 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"not an IP network: {network!r}") from exc
         return value
+
+    @model_validator(mode="after")
+    def _lease_outlives_heartbeats(self) -> Settings:
+        """A job's end is claimed only with a heartbeat's margin left on its lease, so a lease
+        shorter than two heartbeats would lapse between them and no job could ever end."""
+        if 2 * self.heartbeat_interval_s > self.heartbeat_ttl_s:
+            raise ValueError(
+                f"heartbeat_ttl_s ({self.heartbeat_ttl_s}) must be at least twice "
+                f"heartbeat_interval_s ({self.heartbeat_interval_s:g})"
+            )
+        return self
 
     def webhook_secret_for(self, tenant: str) -> str | None:
         """The secret that signs ``tenant``'s webhooks: its own, else the shared one."""

@@ -188,16 +188,27 @@ class WebhookDispatcher:
 
     def _deliver(self, delivery_id: str) -> None:
         assert self.outbox is not None
+        delivery = None
         try:
             delivery = self.outbox.load(delivery_id)
             if delivery is not None:
                 self._settle(delivery, self._attempt(delivery))
-        except Exception:  # the lease runs out and the delivery comes due again
+        except Exception as exc:
             logger.exception("webhook delivery %s failed to run", delivery_id)
+            if delivery is not None:  # an attempt like any other, so its count still bounds it
+                self._settle_failed_run(delivery, exc)
         finally:
             with self._lock:
                 self._busy -= 1
             self._wake.set()
+
+    def _settle_failed_run(self, delivery: Delivery, error: Exception) -> None:
+        """Settle an attempt that failed inside the dispatcher (else the lease runs out and
+        the delivery comes due again, never counted towards its dead letter)."""
+        try:
+            self._settle(delivery, Attempt(False, True, f"internal error: {type(error).__name__}"))
+        except Exception:  # Redis is away: the lease runs out and it comes due again
+            logger.exception("cannot settle webhook delivery %s", delivery.id)
 
     def _attempt(self, delivery: Delivery) -> Attempt:
         headers = {

@@ -56,6 +56,7 @@ class Fleet:
         settings = self.cluster.settings(
             QUEUE,
             auth_enabled=False,
+            heartbeat_interval_s=0.5,
             heartbeat_ttl_s=3,
             maintenance_interval_s=0.5,
             webhook_secret=SECRET,

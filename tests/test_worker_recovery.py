@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 from redis import Redis
 from rq import Queue, Retry, SimpleWorker
 from rq.exceptions import DequeueTimeout
@@ -121,13 +122,30 @@ def test_a_worker_whose_lease_lapsed_cannot_end_the_job_its_successor_runs(conne
     assert Job.fetch(job.id, connection=connection).worker_name == "second"
 
 
+def test_a_start_run_again_after_its_reply_was_lost_is_still_started(connection) -> None:
+    """The worker's connection retries a command whose reply was lost; the start already
+    happened, so its second run must say so, not 'gone' (which would forget the job)."""
+    queue = engine_queue(connection)
+    enqueue(queue)
+    job, execution, leases = take(queue, new_worker(connection, queue, "w"))
+    assert leases.start(job, queue, execution, 1) == "started"
+    assert leases.claim(execution)
+
+
+def test_a_lease_shorter_than_two_heartbeats_is_refused() -> None:
+    with pytest.raises(ValidationError, match="at least twice heartbeat_interval_s"):
+        Settings(heartbeat_interval_s=5, heartbeat_ttl_s=8)
+    Settings(heartbeat_interval_s=5, heartbeat_ttl_s=10)
+
+
 def test_a_lease_about_to_lapse_is_not_claimed(connection) -> None:
     """A claim wants a heartbeat's margin left, so the cleanup cannot take the job while the
     worker's finishing writes run."""
     queue = engine_queue(connection)
     enqueue(queue)
     job, execution, leases = take(queue, new_worker(connection, queue, "w"))
-    soon = connection.time()[0] + 0.5  # less than the 1 s margin left
+    seconds, microseconds = connection.time()
+    soon = seconds + microseconds / 1e6 + 0.5  # less than the 1 s margin left
     connection.zadd(job.started_job_registry.key, {execution.composite_key: soon})
     assert leases.claim(execution) is False
     assert leases.renew([execution]) == [True]  # the heartbeat may still renew it

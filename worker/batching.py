@@ -257,6 +257,10 @@ class BatchingWorker(SimpleWorker):
             self.health.fail(str(lost))
             self._give_up(EngineError(str(lost)), lost.items)
             self._stop_requested = True  # RQ's loop ends; `megasr worker` exits unhealthy
+        except Exception as exc:  # Redis or storage gone past their retries, a callback raised
+            logger.exception("the batch failed outside the engine; handing its jobs back")
+            alone = self._batch if len(self._batch) == 1 else []  # a crash's rule: see _give_up
+            self._give_up(EngineError(f"the worker failed: {type(exc).__name__}"), alone)
         finally:
             self._batch = []
             self.runtime.metrics.busy.set(0)
@@ -536,7 +540,8 @@ class BatchingWorker(SimpleWorker):
             return
         state = self._job_state(item)
         if state.cancel_requested or state.status == JobStatus.CANCELED:
-            self.runtime.storage.delete(output["key"])  # canceled while it was stored
+            with suppress(MegaSRError):  # storage away: the retention sweep removes it later
+                self.runtime.storage.delete(output["key"])  # canceled while it was stored
             self._cancel(item)
             return
         if not self._claimed(item):

@@ -34,6 +34,10 @@ from megasr.cancellation import cancel_key
 from megasr.recovery import BATCH_FIELD, OWNER_FIELD
 
 _START = f"""
+if redis.call('HGET', KEYS[2], '{OWNER_FIELD}') == ARGV[2]
+   and redis.call('HGET', KEYS[2], 'status') == 'started' then
+  return 'started'  -- this very start, run again after its reply was lost
+end
 if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 'gone' end
 redis.call('DEL', KEYS[4])
 local status = redis.call('HGET', KEYS[2], 'status')

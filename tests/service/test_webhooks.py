@@ -285,6 +285,24 @@ def test_a_refused_answer_is_final(dispatch, receivers) -> None:
     assert (letter.attempts, letter.last_error) == (1, "HTTP 410")
 
 
+def test_an_attempt_that_fails_inside_the_dispatcher_still_counts(dispatch, receivers) -> None:
+    """A fault in the dispatcher's own code (here a resolver that raises what no resolver
+    should) settles the attempt like any failure, so the delivery is dead-lettered after
+    its attempts instead of coming due again forever."""
+
+    def broken_resolver(host: str, port: int) -> list[str]:
+        raise ValueError("a resolver bug")
+
+    receiver = receivers()
+    _, outbox = dispatch(TargetPolicy(LOOPBACK_NETWORKS, resolver=broken_resolver))
+
+    queue_one(outbox, receiver.url)
+
+    (letter,) = dead(outbox)
+    assert (letter.attempts, letter.last_error) == (3, "internal error: ValueError")
+    assert receiver.deliveries == []
+
+
 def test_a_delivery_outlives_the_process_that_queued_it(redis, dispatch, receivers) -> None:
     """Queued by a process that died before sending, and claimed by one that died while
     sending: a dispatcher started later delivers both (the second once its lease is over)."""
