@@ -14,11 +14,10 @@ from safetensors.torch import load_file
 from megasr.cli.main import main
 from megasr.model.megasr.checkpoint import (
     ADAPTER_FILE,
-    CONTROLNET_DIR,
-    WEIGHTS_FILE,
-    checkpoint_info,
+    CONTROLNET_WEIGHTS,
     init_tiny_checkpoint,
 )
+from megasr.model.megasr.checkpoint_info import checkpoint_info
 from megasr.model.training.megasr_config import TrainConfig, read_train_config
 from megasr.model.training.megasr_trainer import MegaSRTrainer
 
@@ -68,7 +67,7 @@ def _config(checkpoint: Path, photos: Path, out: Path, **training) -> TrainConfi
 
 def _trained_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     weights = load_file(model_dir / ADAPTER_FILE)
-    controlnet = load_file(model_dir / CONTROLNET_DIR / WEIGHTS_FILE)
+    controlnet = load_file(model_dir / CONTROLNET_WEIGHTS)
     return {**weights, **{f"controlnet.{k}": v for k, v in controlnet.items()}}
 
 

@@ -37,7 +37,11 @@ from megasr.model.megasr.adapter import is_adapter_key
 from megasr.model.megasr.components import MegaSRModel, build_tiny_model
 from megasr.model.megasr.config import MegaSRConfig, ModulesConfig
 from megasr.model.megasr.denoiser import MegaSRDenoiser
-from megasr.model.megasr.networks import MegaSRControlNetModel, MegaSRUNet2DConditionModel
+from megasr.model.megasr.networks import (
+    WEIGHTS_VARIANT,
+    MegaSRControlNetModel,
+    MegaSRUNet2DConditionModel,
+)
 
 CONFIG_FILE = "megasr.json"
 ADAPTER_FILE = "adapter.safetensors"
@@ -46,6 +50,7 @@ EXTRACTORS_DIR = "extractors"
 SCHEDULER_DIR = "scheduler"
 SCHEDULER_FILE = "scheduler_config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+CONTROLNET_WEIGHTS = f"{CONTROLNET_DIR}/diffusion_pytorch_model.{WEIGHTS_VARIANT}.safetensors"
 UNET_DIR = "unet"
 BASE_DIRS = (UNET_DIR, "vae", "text_encoder", "tokenizer", SCHEDULER_DIR)
 TRAINABLE_PARTS = (CONTROLNET_DIR, ADAPTER_FILE)
