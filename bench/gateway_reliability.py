@@ -41,8 +41,7 @@ from service_load import (
     LoadConfig,
     _gateway,
     _post_images,
-    load_average,
-    machine_description,
+    on_record,
     photo_crops,
     service_env,
 )
@@ -230,15 +229,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating submit rounds")
     args = parser.parse_args(argv)
     config = LoadConfig(requests=args.requests, concurrency=args.concurrency)
-    print(f"- machine: {machine_description()}")
-    print(f"- load average (1, 5, 15 min) before: {load_average()}", flush=True)
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="megasr-reliability-") as folder:
-        root = Path(folder)
-        submits = measure_submits(root, config, args.filler_keys, args.rounds)
-        memory = measure_memory(root, args.uploads)
-    took = time.perf_counter() - started
-    print(f"- load average after: {load_average()}; the run took {took:.0f} s")
+
+    def measure() -> tuple[list[str], list[str]]:
+        with tempfile.TemporaryDirectory(prefix="megasr-reliability-") as folder:
+            root = Path(folder)
+            return (
+                measure_submits(root, config, args.filler_keys, args.rounds),
+                measure_memory(root, args.uploads),
+            )
+
+    submits, memory = on_record(measure)
     print()
     print("\n".join(submits))
     print()

@@ -35,12 +35,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import httpx
 import numpy as np
@@ -484,8 +484,23 @@ def machine_description() -> str:
     return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}, Python {python}"
 
 
+T = TypeVar("T")
+
+
 def load_average() -> str:
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def on_record(measure: Callable[[], T]) -> T:
+    """``measure()`` between the lines every service bench starts with: the machine, and the
+    load average before and after with the time it took (other work skews timings)."""
+    print(f"- machine: {machine_description()}")
+    print(f"- load average (1, 5, 15 min) before: {load_average()}", flush=True)
+    started = time.perf_counter()
+    result = measure()
+    took = time.perf_counter() - started
+    print(f"- load average after: {load_average()}; the run took {took:.0f} s")
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -517,12 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine=args.engine,
         tile=args.tile,
     )
-    print(f"- machine: {machine_description()}")
-    print(f"- load average (1, 5, 15 min) before: {load_average()}", flush=True)
-    started = time.perf_counter()
-    report = run(config)
-    took = time.perf_counter() - started
-    print(f"- load average after: {load_average()}; the run took {took:.0f} s")
+    report = on_record(lambda: run(config))
     for note in report.notes:
         print(f"- {note}")
     print()

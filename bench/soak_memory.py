@@ -42,8 +42,7 @@ from service_load import (
     _gateway,
     _worker,
     image_size,
-    load_average,
-    machine_description,
+    on_record,
     photo_crops,
     service_env,
 )
@@ -279,12 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         side=args.side,
         engine=args.engine,
     )
-    print(f"- machine: {machine_description()}")
-    print(f"- load average (1, 5, 15 min) before: {load_average()}", flush=True)
-    started = time.perf_counter()
-    result = soak(config)
-    took = time.perf_counter() - started
-    print(f"- load average after: {load_average()}; the run took {took:.0f} s")
+    result = on_record(lambda: soak(config))
     print(
         f"- {config.jobs} jobs of a {config.side}x{config.side} PNG -> x{config.scale}, engine "
         f"`{config.engine}`, {config.in_flight} in flight, every {config.download_every}-th "
