@@ -61,7 +61,7 @@ from megasr.model.benchmark.runners import (
 )
 from megasr.model.engines.base import TileEngine, TileSpec
 from megasr.model.engines.realesrgan import DEFAULT_TILE, RealESRGANEngine
-from megasr.model.metrics.psnr import psnr
+from megasr.model.quality.psnr import psnr
 from megasr.model.upscaler import Upscaler
 from megasr.settings import Settings
 

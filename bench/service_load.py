@@ -52,9 +52,18 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from megasr.client import Client
 from megasr.embedded_redis import EmbeddedRedis
-from megasr.loopback import ChildServer, free_port, gateway_command, uvicorn_command, worker_command
 
 BENCH_DIR = Path(__file__).resolve().parent
+# The service's parts as children on loopback: the test suite's harness, shared with it.
+sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
+from loopback import (  # noqa: E402
+    ChildServer,
+    free_port,
+    gateway_command,
+    uvicorn_command,
+    worker_command,
+)
+
 BARE_APP = "service_load:bare_app"  # imported from BENCH_DIR by the child uvicorn
 # psutil reads other processes' CPU time from /proc in clock ticks; a short run can take
 # less than one tick and read as zero, which says nothing about the true cost.

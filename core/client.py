@@ -41,8 +41,8 @@ from megasr.engine_status import EngineCatalog
 from megasr.errors import JobFailedError, MegaSRError, ServiceUnavailableError
 from megasr.jobs import JobStatus, JobView, UpscaleParams
 from megasr.problems import error_from_problem
-from megasr.webhook_signature import WebhookVerificationError
-from megasr.webhook_signature import verify as verify_webhook
+from megasr.webhooks.signature import WebhookVerificationError
+from megasr.webhooks.signature import verify as verify_webhook
 
 __all__ = ["Client", "WebhookVerificationError", "verify_webhook"]
 

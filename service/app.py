@@ -20,8 +20,8 @@ from megasr.service import api, ops
 from megasr.service.context import Gateway
 from megasr.service.headers import RateLimitHeaders
 from megasr.service.maintenance import run_maintenance
-from megasr.service.metrics import MetricsMiddleware
 from megasr.service.problems import install_problem_handlers
+from megasr.service.prometheus import MetricsMiddleware
 from megasr.service.security_headers import SecurityHeaders
 from megasr.settings import Settings, get_settings
 

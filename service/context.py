@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from fastapi import Request
 from redis import Redis
 
-from megasr.notifications import JobNotifier
 from megasr.queue import EngineQueues, redis_connection
 from megasr.service.auth import ApiKeys
 from megasr.service.durability import Durability
-from megasr.service.metrics import GatewayMetrics
+from megasr.service.prometheus import GatewayMetrics
 from megasr.settings import Settings
 from megasr.storage import Storage, create_storage
-from megasr.webhook_outbox import WebhookOutbox
+from megasr.webhooks.notifications import JobNotifier
+from megasr.webhooks.outbox import WebhookOutbox
 
 # A gateway command that takes longer than this means Redis is in trouble: answer 503.
 REDIS_SOCKET_TIMEOUT_S = 5.0

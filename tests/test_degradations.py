@@ -18,7 +18,7 @@ from megasr.model.degradation.kernels import SHAPES, draw_blur_kernels
 from megasr.model.degradation.noise import add_noise, luma
 from megasr.model.evaluation.degradations import degrade
 from megasr.model.evaluation.matlab_bicubic import imresize
-from megasr.model.metrics.matlab_resize import halve
+from megasr.model.quality.matlab_resize import halve
 
 SEEDS = 300
 BATCH = 8

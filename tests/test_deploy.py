@@ -493,9 +493,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     """
     from megasr.embedded_redis import EmbeddedRedis
     from megasr.queue import EngineQueues
-    from megasr.service.metrics import GatewayMetrics
+    from megasr.service.prometheus import GatewayMetrics
     from megasr.settings import Settings
-    from megasr.worker.metrics import WorkerMetrics
+    from megasr.worker.prometheus import WorkerMetrics
 
     with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as redis:
         queues = EngineQueues(Settings(redis_url=redis.url), Redis.from_url(redis.url))

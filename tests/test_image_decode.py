@@ -33,7 +33,7 @@ from megasr.errors import (
     MegaSRError,
     UnsupportedFormatError,
 )
-from megasr.imaging.decode import ImageInfo, check_upload, decode_image, probe_image
+from megasr.imaging.decode import ImageInfo, check_upload, decode_image
 from megasr.imaging.image import ImageLimits
 
 RGB = blocks(BLOCK_RGB)
@@ -402,7 +402,7 @@ def test_animation_uses_the_first_frame_and_says_so(fmt: str, params: dict[str, 
 
     decoded = decode_image(data)
 
-    assert probe_image(data).frames == 3
+    assert check_upload(data).frames == 3
     assert decoded.notes == (f"animated {fmt}: first of 3 frames used",)
     assert np.array_equal(np.round(decoded.rgb * 255).astype(np.uint8), RGB)
 
@@ -426,8 +426,8 @@ def test_fully_opaque_alpha_is_dropped() -> None:
     assert decoded.notes == ("fully opaque alpha channel dropped",)
 
 
-def test_probe_reads_the_header() -> None:
-    info = probe_image(save(Image.fromarray(RGBA), "WEBP", lossless=True))
+def test_the_upload_check_reads_the_header() -> None:
+    info = check_upload(save(Image.fromarray(RGBA), "WEBP", lossless=True))
 
     assert info == ImageInfo(format="webp", width=WIDTH, height=HEIGHT, frames=1, mode="RGBA")
 
@@ -468,7 +468,7 @@ def test_header_claiming_100000_squared_pixels_is_refused_before_decoding() -> N
     data = png_header_only(100_000, 100_000)
 
     with pytest.raises(ImageTooLargeError, match="over the limit of 40000000 pixels"):
-        probe_image(data)
+        check_upload(data)
     with pytest.raises(ImageTooLargeError, match="decompression bomb"):
         decode_image(data)
 
@@ -507,7 +507,7 @@ def test_real_images_in_other_formats_are_unsupported(fmt: str) -> None:
     with pytest.raises(UnsupportedFormatError, match=rf"^{fmt} images are not supported; send"):
         decode_image(data)
     with pytest.raises(UnsupportedFormatError):
-        probe_image(data)
+        check_upload(data)
 
 
 FUZZ_SOURCES = {

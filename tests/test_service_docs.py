@@ -8,14 +8,14 @@ import re
 from pathlib import Path
 
 import pytest
+from loopback import free_port
 from redis import Redis
 
-from megasr.loopback import free_port
 from megasr.queue import EngineQueues
-from megasr.service.metrics import GatewayMetrics, QueueDepthCollector, WebhookOutboxCollector
+from megasr.service.prometheus import GatewayMetrics, QueueDepthCollector, WebhookOutboxCollector
 from megasr.settings import Settings
-from megasr.webhook_outbox import WebhookOutbox
-from megasr.worker.metrics import WorkerMetrics
+from megasr.webhooks.outbox import WebhookOutbox
+from megasr.worker.prometheus import WorkerMetrics
 
 # Variables the page may name that are not settings: the settings file and the client CLI's.
 OTHER_VARIABLES = {"MEGASR_SETTINGS_FILE", "MEGASR_URL", "MEGASR_API_KEY"}

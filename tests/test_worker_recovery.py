@@ -35,7 +35,7 @@ from megasr.worker.device_faults import is_fatal_device_error
 from megasr.worker.engine_queue import EngineQueue
 from megasr.worker.health import WorkerHealth, running_once_started
 from megasr.worker.lease import Leases
-from megasr.worker.metrics import WorkerMetrics
+from megasr.worker.prometheus import WorkerMetrics
 from megasr.worker.status_server import StatusServer
 from megasr.worker.storage_retry import RetryingStorage
 from megasr.worker.watchdog import Watchdog

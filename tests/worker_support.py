@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from loopback import free_port
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from rq import Queue
@@ -27,7 +28,6 @@ from webhook_receiver import LOOPBACK_NETWORKS
 
 from megasr.embedded_redis import EmbeddedRedis
 from megasr.jobs import TASK_FUNC, JobPayload, UpscaleParams, new_job_id
-from megasr.loopback import free_port
 from megasr.queue import (
     JOB_SERIALIZER,
     EngineQueues,

@@ -23,7 +23,7 @@ import torch
 from megasr.errors import EngineError
 from megasr.model.engines.base import Cancelled, ImageEngine, ImageTask
 from megasr.worker.engines import EngineSlot, free_device_cache
-from megasr.worker.metrics import WorkerMetrics
+from megasr.worker.prometheus import WorkerMetrics
 
 
 class EngineRunner:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from rq.job import Job
 
 from megasr.jobs import JobPayload
-from megasr.notifications import JobNotifier
 from megasr.settings import Settings, get_settings
 from megasr.storage import Storage, create_storage
+from megasr.webhooks.notifications import JobNotifier
 from megasr.worker.engine_runner import EngineRunner
 from megasr.worker.engines import EnginePool
-from megasr.worker.metrics import WorkerMetrics
+from megasr.worker.prometheus import WorkerMetrics
 from megasr.worker.storage_retry import RetryingStorage
 from megasr.worker.upscale_job import UpscaleJob
 

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from megasr.errors import ServiceUnavailableError
-from megasr.worker.metrics import WorkerMetrics
+from megasr.worker.prometheus import WorkerMetrics
 
 
 class StatusServer:

@@ -49,7 +49,7 @@ from megasr.problems import problem, problem_from_error
 from megasr.settings import Settings
 from megasr.storage import Storage, content_type_for, output_key
 from megasr.worker.engines import EnginePool, EngineSlot
-from megasr.worker.metrics import WorkerMetrics
+from megasr.worker.prometheus import WorkerMetrics
 
 # Images smaller than an engine tile get a tile of their size rounded up to this, so a small
 # image does not pay for a whole tile and images of similar size still share a batch shape.

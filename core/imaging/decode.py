@@ -90,12 +90,6 @@ class ImageInfo:
     mode: str
 
 
-def probe_image(data: bytes, limits: ImageLimits = _DEFAULT_LIMITS) -> ImageInfo:
-    """Identify an upload and check it against ``limits``, reading the header only."""
-    with _open(data, limits) as image, _decode_errors("image"):
-        return _info(image)
-
-
 def check_upload(data: bytes, limits: ImageLimits = _DEFAULT_LIMITS) -> ImageInfo:
     """What a gateway needs to know of an upload, without decoding it at full size.
 

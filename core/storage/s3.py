@@ -103,14 +103,6 @@ class S3Storage:
         except NotFoundError as exc:
             raise ServiceUnavailableError(f"bucket {self.bucket} does not exist") from exc
 
-    def ensure_bucket(self) -> None:
-        """Create the bucket when it is missing (local set-ups; production buckets exist)."""
-        try:
-            self._head_bucket()
-        except NotFoundError:
-            with _translated(self.bucket):
-                self.client.create_bucket(Bucket=self.bucket)
-
     def _head_bucket(self) -> None:
         with _translated(self.bucket):
             self.client.head_bucket(Bucket=self.bucket)

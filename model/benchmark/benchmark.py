@@ -25,7 +25,7 @@ from megasr.model.benchmark.runners import (
     torch_reference_runner,
 )
 from megasr.model.benchmark.timing import Measurement, measure
-from megasr.model.metrics.psnr import psnr
+from megasr.model.quality.psnr import psnr
 from megasr.settings import Settings
 
 

@@ -23,7 +23,7 @@ from megasr.model.engines.base import Engine
 from megasr.model.evaluation.dataset import EvalImage
 from megasr.model.evaluation.degradations import to_uint8
 from megasr.model.evaluation.matlab_bicubic import imresize
-from megasr.model.metrics import METRICS, Metric, get_metric
+from megasr.model.quality import METRICS, Metric, get_metric
 from megasr.model.upscaler import Upscaler
 
 BICUBIC = "bicubic"

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import uvicorn
+from loopback import ChildServer, free_port, wait_until, worker_command
 from PIL import Image
 from webhook_receiver import LOOPBACK_NETWORKS
 
-from megasr.loopback import ChildServer, free_port, wait_until, worker_command
 from megasr.service import create_app
 from megasr.settings import Settings
 
@@ -95,3 +95,8 @@ class WorkerProcess(ChildServer):
     def wait_ready(self) -> WorkerProcess:
         super().wait_ready(timeout_s=90)
         return self
+
+
+def create_bucket(storage) -> None:
+    """Make a test's bucket on the moto server (production buckets exist before the service)."""
+    storage.client.create_bucket(Bucket=storage.bucket)

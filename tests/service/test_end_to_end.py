@@ -25,6 +25,7 @@ from service_support import (
     KEY_A,
     Gateway,
     WorkerProcess,
+    create_bucket,
     free_port,
     wait_until,
     worker_env,
@@ -94,7 +95,7 @@ def s3_stack(tmp_path_factory, s3_endpoint) -> Iterator[Stack]:
         "s3_endpoint_url": s3_endpoint,
         "s3_public_endpoint_url": s3_endpoint,
     }
-    S3Storage(bucket="megasr-e2e", endpoint_url=s3_endpoint).ensure_bucket()
+    create_bucket(S3Storage(bucket="megasr-e2e", endpoint_url=s3_endpoint))
     stack = start_stack(tmp_path_factory.mktemp("s3-stack"), "e2e-s3", **settings)
     yield stack
     stop_stack(stack)

@@ -12,9 +12,8 @@ from collections import Counter
 
 import pytest
 from hostile_images import corpus
+from loopback import wait_until
 from service_support import KEY_A, WorkerProcess, worker_env
-
-from megasr.loopback import wait_until
 
 PROBLEM = "application/problem+json"
 TERMINAL = {"succeeded", "failed", "canceled", "expired"}

@@ -8,12 +8,12 @@ import socket
 import uuid
 
 import pytest
+from loopback import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from rq.job import Job
-from service_support import KEY_A, KEY_B, Gateway
+from service_support import KEY_A, KEY_B, Gateway, create_bucket
 
 from megasr.jobs import META_OUTPUT
-from megasr.loopback import wait_until
 from megasr.queue import JOB_SERIALIZER
 from megasr.storage import output_key
 
@@ -113,7 +113,7 @@ def test_keys_and_presigned_urls_never_reach_the_logs(
     )
     caplog.set_level(logging.INFO)
     gateway = Gateway(settings, access_log=True)
-    gateway.app.state.gateway.storage.ensure_bucket()
+    create_bucket(gateway.app.state.gateway.storage)
     gateway.start()
     auth = {"Authorization": f"Bearer {key}"}
     try:

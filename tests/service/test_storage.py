@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 import pytest
+from service_support import create_bucket
 
 from megasr.errors import InvalidParameterError, NotFoundError, ServiceUnavailableError
 from megasr.settings import Settings
@@ -34,7 +35,7 @@ def s3(s3_endpoint) -> S3Storage:
         access_key_id="test",
         secret_access_key=SECRET,
     )
-    storage.ensure_bucket()
+    create_bucket(storage)
     return storage
 
 
@@ -101,7 +102,7 @@ def test_the_sweep_of_a_shared_bucket_touches_only_the_projects_objects(s3_endpo
         secret_access_key=SECRET,
         prefix="megasr/",
     )
-    storage.ensure_bucket()
+    create_bucket(storage)
     theirs = [
         "backups/db.tar",
         "inputs/j1/input.png",  # our layout, but outside our prefix

@@ -12,16 +12,16 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from loopback import wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from service_support import KEY_A
 from webhook_receiver import LOOPBACK_NETWORKS, WebhookReceiver
 
-from megasr.loopback import wait_until
 from megasr.settings import Settings
-from megasr.webhook_outbox import Delivery, WebhookOutbox
-from megasr.webhook_signature import WebhookVerificationError, sign, verify
-from megasr.webhook_targets import RefusedTargetError, TargetPolicy
-from megasr.webhooks import WebhookDispatcher
+from megasr.webhooks.delivery import WebhookDispatcher
+from megasr.webhooks.outbox import Delivery, WebhookOutbox
+from megasr.webhooks.signature import WebhookVerificationError, sign, verify
+from megasr.webhooks.targets import RefusedTargetError, TargetPolicy
 
 SECRETS = {"tenant-a": "secret-a"}
 SHARED = "shared-secret"
@@ -73,9 +73,15 @@ def queue_one(outbox: WebhookOutbox, url: str, tenant: str = "tenant-a", job: st
     return outbox.add(url, "job.succeeded", tenant, job, body)
 
 
+def dead_letters(outbox: WebhookOutbox) -> list[Delivery]:
+    """The deliveries given up on, oldest first, read as an operator would (docs/service.md)."""
+    ids = [raw.decode() for raw in outbox.connection.zrange(outbox.dead_key, 0, -1)]
+    return [d for d in map(outbox.load, ids) if d is not None]
+
+
 def dead(outbox: WebhookOutbox) -> list[Delivery]:
-    wait_until(outbox.dead_letters, "a dead letter", timeout_s=20)
-    return outbox.dead_letters()
+    wait_until(lambda: dead_letters(outbox), "a dead letter", timeout_s=20)
+    return dead_letters(outbox)
 
 
 # -- addresses ---------------------------------------------------------------------------
@@ -201,8 +207,8 @@ def test_a_redirect_into_the_metadata_service_is_not_followed(dispatch, receiver
     queue_one(outbox, to_metadata.url, job="job-1")
     queue_one(outbox, to_loopback.url, job="job-2")
 
-    wait_until(lambda: len(outbox.dead_letters()) == 2, "two dead letters")
-    reasons = {letter.job_id: letter.last_error for letter in outbox.dead_letters()}
+    wait_until(lambda: len(dead_letters(outbox)) == 2, "two dead letters")
+    reasons = {letter.job_id: letter.last_error for letter in dead_letters(outbox)}
     assert reasons == {
         "job-1": "HTTP 307: redirects are not followed",
         "job-2": "HTTP 302: redirects are not followed",
@@ -323,7 +329,7 @@ def test_a_delivery_outlives_the_process_that_queued_it(redis, dispatch, receive
 def test_logs_name_the_receiver_but_never_its_path_or_query(dispatch, receivers, caplog) -> None:
     receiver = receivers(lambda attempt: (503, {}))
     _, outbox = dispatch()
-    caplog.set_level(logging.INFO, logger="megasr.webhooks")
+    caplog.set_level(logging.INFO, logger="megasr.webhooks.delivery")
 
     queue_one(outbox, receiver.url + "?token=receiver-secret-token")
     dead(outbox)
@@ -348,5 +354,5 @@ def test_the_gateway_drains_the_outbox_and_exports_its_state(gateway) -> None:
 
     wait_until(lambda: gauges().get("megasr_webhook_dead_letters") == 1, "the dead letter")
     assert gauges() == {"megasr_webhooks_pending": 0, "megasr_webhook_dead_letters": 1}
-    (letter,) = outbox.dead_letters()
+    (letter,) = dead_letters(outbox)
     assert "loopback" in letter.last_error

@@ -16,12 +16,12 @@ from typing import Literal
 import numpy as np
 
 from megasr.errors import InvalidParameterError
-from megasr.model.metrics import brisque, learned, lpips
-from megasr.model.metrics.niqe import niqe
-from megasr.model.metrics.piqe import piqe
-from megasr.model.metrics.pixels import crop_border
-from megasr.model.metrics.psnr import psnr
-from megasr.model.metrics.ssim import ssim
+from megasr.model.quality import brisque, learned, lpips
+from megasr.model.quality.niqe import niqe
+from megasr.model.quality.piqe import piqe
+from megasr.model.quality.pixels import crop_border
+from megasr.model.quality.psnr import psnr
+from megasr.model.quality.ssim import ssim
 
 Kind = Literal["full-reference", "no-reference", "distribution"]
 Better = Literal["higher", "lower"]

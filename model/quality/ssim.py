@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from megasr.errors import InvalidImageError
-from megasr.model.metrics.gaussian import gaussian_filter
-from megasr.model.metrics.psnr import PEAK, comparable_pair
+from megasr.model.quality.gaussian import gaussian_filter
+from megasr.model.quality.psnr import PEAK, comparable_pair
 
 WINDOW_SIZE = 11
 WINDOW_SIGMA = 1.5

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from megasr.errors import InvalidImageError
-from megasr.model.metrics.matlab_resize import halve
-from megasr.model.metrics.mscn import mscn
-from megasr.model.metrics.pixels import crop_border, luma_y
-from megasr.model.metrics.scene_statistics import block_features
+from megasr.model.quality.matlab_resize import halve
+from megasr.model.quality.mscn import mscn
+from megasr.model.quality.pixels import crop_border, luma_y
+from megasr.model.quality.scene_statistics import block_features
 from megasr.model.weights.pypi_asset import fetch_package_file
 from megasr.settings import get_settings
 

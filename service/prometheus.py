@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from megasr.queue import EngineQueues
-from megasr.webhook_outbox import WebhookOutbox
+from megasr.webhooks.outbox import WebhookOutbox
 
 UNMATCHED_ROUTE = "unmatched"
 _DEPTH_HELP = "Jobs waiting in the engines' queues."

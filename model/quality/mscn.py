@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from megasr.model.metrics.gaussian import gaussian_filter
+from megasr.model.quality.gaussian import gaussian_filter
 
 WINDOW_SIZE = 7
 WINDOW_SIGMA = 7 / 6

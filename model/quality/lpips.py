@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from megasr.errors import EngineError
-from megasr.model.metrics.psnr import comparable_pair
+from megasr.model.quality.psnr import comparable_pair
 from megasr.model.weights.pypi_asset import fetch_package_file
 from megasr.settings import get_settings
 

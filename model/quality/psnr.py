@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from megasr.errors import InvalidParameterError
-from megasr.model.metrics.pixels import crop_border, luma_y, to_float255
+from megasr.model.quality.pixels import crop_border, luma_y, to_float255
 
 PEAK = 255.0
 

@@ -1,9 +1,9 @@
 """Webhook delivery: each attempt a signed POST to a checked, pinned address; retries from
 the durable outbox in Redis.
 
-An attempt resolves the URL's host, checks every address (:mod:`megasr.webhook_targets`),
+An attempt resolves the URL's host, checks every address (:mod:`megasr.webhooks.targets`),
 connects to the checked address itself (the host name still goes in ``Host`` and in TLS),
-and sends the body with the Standard Webhooks headers (:mod:`megasr.webhook_signature`) under
+and sends the body with the Standard Webhooks headers (:mod:`megasr.webhooks.signature`) under
 the tenant's secret. Redirects are never followed: a 3xx is a final failure, so a receiver
 cannot bounce the request to an address the check would refuse. A 2xx is delivered; no
 connection, a timeout, 408, 429 or 5xx is retried with doubling backoff up to
@@ -30,9 +30,9 @@ from redis import Redis
 
 from megasr import __version__
 from megasr.settings import Settings
-from megasr.webhook_outbox import Delivery, WebhookOutbox
-from megasr.webhook_signature import signature_headers
-from megasr.webhook_targets import (
+from megasr.webhooks.outbox import Delivery, WebhookOutbox
+from megasr.webhooks.signature import signature_headers
+from megasr.webhooks.targets import (
     RefusedTargetError,
     Target,
     TargetPolicy,
@@ -45,7 +45,7 @@ POLL_S = 1.0
 DELIVERY_THREADS = 4
 _RETRYABLE_STATUS = frozenset({408, 429})
 
-logger = logging.getLogger("megasr.webhooks")
+logger = logging.getLogger("megasr.webhooks.delivery")
 
 
 @dataclass(frozen=True)

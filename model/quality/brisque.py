@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from megasr.errors import EngineError
-from megasr.model.metrics.pixels import to_uint8
+from megasr.model.quality.pixels import to_uint8
 from megasr.settings import get_settings
 
 MODEL_FILE = "brisque_model_live.yml"

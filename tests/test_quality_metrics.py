@@ -19,11 +19,11 @@ from PIL import Image
 from skimage import data, filters
 
 from megasr.errors import EngineError, InvalidImageError, InvalidParameterError
-from megasr.model.metrics import METRICS, get_metric, lpips
-from megasr.model.metrics.brisque import MODEL_FILE, RANGE_FILE, brisque, unavailable_reason
-from megasr.model.metrics.gaussian import gaussian_kernel
-from megasr.model.metrics.matlab_resize import halve
-from megasr.model.metrics.niqe import (
+from megasr.model.quality import METRICS, get_metric, lpips
+from megasr.model.quality.brisque import MODEL_FILE, RANGE_FILE, brisque, unavailable_reason
+from megasr.model.quality.gaussian import gaussian_kernel
+from megasr.model.quality.matlab_resize import halve
+from megasr.model.quality.niqe import (
     PRISTINE_MEMBER,
     PRISTINE_REQUIREMENT,
     PRISTINE_SHA256,
@@ -31,10 +31,10 @@ from megasr.model.metrics.niqe import (
     load_pristine_model,
     niqe,
 )
-from megasr.model.metrics.piqe import piqe
-from megasr.model.metrics.pixels import luma_y
-from megasr.model.metrics.psnr import psnr
-from megasr.model.metrics.ssim import C1, ssim
+from megasr.model.quality.piqe import piqe
+from megasr.model.quality.pixels import luma_y
+from megasr.model.quality.psnr import psnr
+from megasr.model.quality.ssim import C1, ssim
 from megasr.model.weights.pypi_asset import fetch_package_file
 
 OPENCV_DOC = Path("/usr/share/doc/opencv-doc/examples")

@@ -50,7 +50,7 @@ def _add_address_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from megasr.local_mode import LocalService
+    from megasr.cli.local_mode import LocalService
 
     overrides = {"data_dir": args.data_dir, "worker_engines": args.engines}
     settings = Settings(**{key: value for key, value in overrides.items() if value is not None})

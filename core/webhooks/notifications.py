@@ -9,8 +9,8 @@ without polling for it. Three places decide that a job ended, and each tells the
 - RQ's registry cleanup, in the gateway or a worker, for a job whose worker died holding it
   on its last try (:meth:`JobNotifier.on_abandoned`, an RQ exception handler).
 
-The webhook goes into the durable outbox in Redis (:mod:`megasr.webhook_outbox`) in the same
-moment, and this process's :class:`~megasr.webhooks.WebhookDispatcher` (or any other
+The webhook goes into the durable outbox in Redis (:mod:`megasr.webhooks.outbox`) in the same
+moment, and this process's :class:`~megasr.webhooks.delivery.WebhookDispatcher` (or any other
 gateway's or worker's) delivers it. Delivery is at least once: a job canceled just as a
 worker takes it may be told twice, and so may a receiver whose answer was lost.
 """
@@ -30,8 +30,8 @@ from megasr.problems import worker_lost_problem
 from megasr.queue import redis_connection
 from megasr.settings import Settings
 from megasr.storage import Storage
-from megasr.webhook_outbox import WebhookOutbox
-from megasr.webhooks import WebhookDispatcher
+from megasr.webhooks.delivery import WebhookDispatcher
+from megasr.webhooks.outbox import WebhookOutbox
 
 # The dispatcher's own connection: a Redis that stops answering must not hang its thread.
 DISPATCHER_SOCKET_TIMEOUT_S = 10.0

@@ -4,7 +4,7 @@ A delivery is a hash ``megasr:webhook:{id}`` (URL, event, tenant, job id, body, 
 last error) and its id in the sorted set ``megasr:webhooks:{queue}:due``, scored by when it is
 next due. Both are written in one transaction when a job ends, so a process that dies a
 moment later loses nothing: whichever process drains the outbox next (every gateway and
-worker runs a :class:`~megasr.webhooks.WebhookDispatcher`) delivers it. The queue name
+worker runs a :class:`~megasr.webhooks.delivery.WebhookDispatcher`) delivers it. The queue name
 scopes the outbox to one deployment: only processes with its settings (its secrets, its
 address policy) deliver its webhooks.
 
@@ -151,8 +151,3 @@ class WebhookOutbox:
 
     def dead_count(self) -> int:
         return int(self.connection.zcard(self.dead_key))
-
-    def dead_letters(self) -> list[Delivery]:
-        """The deliveries given up on within the retention, oldest first."""
-        ids = [raw.decode() for raw in self.connection.zrange(self.dead_key, 0, -1)]
-        return [d for d in (self.load(delivery_id) for delivery_id in ids) if d is not None]

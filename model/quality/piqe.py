@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from megasr.model.metrics.mscn import mscn
-from megasr.model.metrics.pixels import matlab_gray
+from megasr.model.quality.mscn import mscn
+from megasr.model.quality.pixels import matlab_gray
 
 BLOCK = 16
 ACTIVITY_THRESHOLD = 0.1
