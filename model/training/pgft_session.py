@@ -36,6 +36,11 @@ from megasr.model.training.pgft_evaluation import (
     format_rows,
 )
 
+CALIBRATION_PHOTOS = 64
+"""Training photos that choose the ODS threshold and fit the recalibration: enough to pin
+two parameters (or a hundred class biases) down, few enough that a large training set does
+not make every run measure for an hour."""
+
 
 @dataclass
 class PGFTSession:
@@ -73,9 +78,10 @@ class PGFTSession:
         session.machine = {"start": machine_record()}
         return session
 
-    def photos(self, folders: Sequence[Path], role: str) -> list[Photo]:
-        """Every readable photo of ``folders``, cropped and degraded for measuring."""
-        images, unreadable = load_held_out(folders)
+    def photos(self, folders: Sequence[Path], role: str, most: int | None = None) -> list[Photo]:
+        """The readable photos of ``folders`` (at most ``most``, evenly spaced), cropped and
+        degraded for measuring."""
+        images, unreadable = load_held_out(folders, most=most)
         for line in unreadable:
             print(f"megasr train: skipped {role} {line}", file=sys.stderr)
         if not images:
@@ -91,7 +97,7 @@ class PGFTSession:
         return PGFTEvaluation(
             kind,
             student.reference,
-            self.photos(train, "training photo"),
+            self.photos(train, "training photo", most=CALIBRATION_PHOTOS),
             self.photos(held_out, "held-out photo"),
             partial(autocast, self.device, self.dtype),
             self.quiet,
