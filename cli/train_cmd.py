@@ -358,14 +358,12 @@ def run_megasr(args: argparse.Namespace) -> int:
         }
     )
     trainer = MegaSRTrainer(config)
-    if trainer.accelerator.is_main_process:
-        _status(str(trainer.split), args.quiet)
     summary = trainer.run(quiet=args.quiet)
     if trainer.accelerator.is_main_process:
         loss = "" if summary.last_loss is None else f", last loss {summary.last_loss:.4f}"
         print(
             f"trained steps {summary.first_step} to {summary.last_step} in "
-            f"{summary.seconds / 60:.1f} min{loss}"
+            f"{summary.seconds / 60:.1f} min{loss} ({trainer.split})"
         )
         if summary.skipped:
             print(f"skipped {summary.skipped} unreadable training files")
