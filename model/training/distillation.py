@@ -30,9 +30,9 @@ from megasr.model.degradation import RealESRGANDegradation
 from megasr.model.degradation.draws import derived_generator
 from megasr.model.training.data import SampleNumbers, TrainingCrops, collate
 from megasr.model.training.train_state import (
-    latest_state,
     load_state,
     prune_states,
+    resume_point,
     save_state,
     state_dir,
 )
@@ -171,17 +171,8 @@ def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager
 
 def _resume(states: Path, resume: str, key: DistillKey, trainable: dict, parts: dict) -> int:
     """The step the run starts at, after loading the resume point ``resume`` names."""
-    if resume == "none":
-        if latest_state(states) is not None:
-            raise InvalidParameterError(
-                f"{states} holds resume points of another run: resume it (--resume latest), "
-                "delete it, or write elsewhere"
-            )
-        return 0
-    source = latest_state(states) if resume == "latest" else Path(resume)
-    if source is None:
-        return 0
-    return load_state(source, key, trainable, parts)
+    source = resume_point(states, resume, "(--resume latest), delete it, or write elsewhere")
+    return 0 if source is None else load_state(source, key, trainable, parts)
 
 
 def _interval() -> float:

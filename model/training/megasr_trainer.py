@@ -59,9 +59,9 @@ from megasr.model.training.samples import restore_samples
 from megasr.model.training.tensorboard_log import TrainingLog
 from megasr.model.training.train_state import (
     ResumeKey,
-    latest_state,
     load_state,
     prune_states,
+    resume_point,
     save_state,
     state_dir,
 )
@@ -289,19 +289,13 @@ class MegaSRTrainer:
         accelerator.wait_for_everyone()
 
     def _resume(self) -> int:
-        option = self.config.checkpoints.resume
-        states = self.out_dir / STATES_DIR
-        if option == "none":
-            if latest_state(states) is not None:
-                raise InvalidParameterError(
-                    f"{states} holds resume points of another run: resume it "
-                    "(checkpoints.resume = latest) or choose another training.output_dir"
-                )
-            return 0
-        source = latest_state(states) if option == "latest" else Path(option)
-        if source is None:
-            return 0
-        self.step = load_state(source, self._key, self.trainable, self._parts)
+        source = resume_point(
+            self.out_dir / STATES_DIR,
+            self.config.checkpoints.resume,
+            "(checkpoints.resume = latest) or choose another training.output_dir",
+        )
+        if source is not None:
+            self.step = load_state(source, self._key, self.trainable, self._parts)
         return self.step
 
     @property

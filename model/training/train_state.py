@@ -109,6 +109,18 @@ def read_record(source: Path) -> dict[str, Any]:
     return record
 
 
+def resume_point(states: Path, option: str, advice: str) -> Path | None:
+    """The resume point ``option`` names: ``latest`` (the newest in ``states``, if any),
+    ``none`` (no point; refused, with ``advice``, when ``states`` holds some) or a folder."""
+    if option == "none":
+        if latest_state(states) is not None:
+            raise InvalidParameterError(
+                f"{states} holds resume points of another run: resume it {advice}"
+            )
+        return None
+    return latest_state(states) if option == "latest" else Path(option)
+
+
 def latest_state(states: Path) -> Path | None:
     """The complete resume point with the highest step, if any."""
     points = sorted(p for p in states.glob(f"{PREFIX}*") if (p / STATE_FILE).is_file())
