@@ -229,8 +229,52 @@ def main() -> None:
                 f"{result['load_average'][0]:.1f}",
                 flush=True,
             )
+    plan = memory_plan(counts, steps)
+    print(plan)
     if args.json:
-        args.json.write_text(json.dumps({"parameters": counts, "steps": steps}, indent=2) + "\n")
+        record = {"parameters": counts, "steps": steps, "plan": plan}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+
+
+FROZEN_EXTRAS = ("VAE (SD-2)", "text encoder (OpenCLIP ViT-H/14 text)",
+                 "CLIP ViT-L/14 (vision and text)", "depth: DPT-Hybrid",
+                 "segmentation: UperNet-ConvNeXt-small", "HED (VGG16)")  # fmt: skip
+
+
+def memory_plan(counts: dict[str, int], steps: list[dict], side: int = 512) -> str:
+    """GiB per GPU of the trainer as it holds the model, at ``side`` px and each micro-batch.
+
+    Static: the denoiser in float32 (the frozen backbone and the trainable part), the
+    trainable part's gradients and AdamW's two moments (float32), the other frozen networks
+    in bfloat16. Activations: what autograd holds for the backward pass, ``a + b * pixels``
+    fitted through the two measured sides (``a`` is what does not grow with the image:
+    autocast's bfloat16 copies of the trainable weights), times the micro-batch for ``b``.
+    """
+    trainable = counts["trainable (ControlNet + CSM + MSFM)"]
+    denoiser = counts["denoiser (U-Net + ControlNet + new modules)"]
+    frozen_bf16 = sum(counts[name] for name in FROZEN_EXTRAS)
+    static = (denoiser * 4 + trainable * 4 * 3 + frozen_bf16 * 2) / GIB
+    lines = [f"static: {static:.1f} GiB (+{trainable * 4 / GIB:.1f} with an EMA)"]
+    for checkpointing in (False, True):
+        measured = sorted(
+            (s["side"] ** 2, s["saved_for_backward_gib"])
+            for s in steps
+            if s["checkpointing"] == checkpointing
+        )
+        if len(measured) < 2:
+            continue
+        (p0, g0), (p1, g1) = measured[0], measured[-1]
+        per_pixel = (g1 - g0) / (p1 - p0)
+        fixed = g0 - per_pixel * p0
+        sample = per_pixel * side**2
+        totals = ", ".join(
+            f"{micro}: {static + fixed + micro * sample:.1f}" for micro in (1, 4, 8, 16)
+        )
+        lines.append(
+            f"checkpointing {'on' if checkpointing else 'off'}: {fixed:.2f} GiB fixed + "
+            f"{sample:.2f} GiB per {side} px sample; total GiB by micro-batch {totals}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
