@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -311,8 +312,11 @@ def run_pgft_eval(args: argparse.Namespace) -> int:
     for name, path in candidates.items():
         student = load_student(args.extractor, path, cache).to(session.device)
         rows.append(evaluation.row(name, student.predict))
-    extra = {"source": source, "candidates": candidates,
-             "train_data": [str(f) for f in args.train_data]}  # fmt: skip
+    extra = {
+        "source": source,
+        "candidates": candidates,
+        "train_data": list(map(str, args.train_data)),
+    }
     print(session.report(args.extractor, rows, args.report, extra))
     return 0
 
@@ -408,11 +412,11 @@ def _distill(
     if args.val_data and kind is not None:
         evaluation = session.evaluation(kind, student, args.data, args.val_data)
         rows = evaluation.controls()
-        after = lambda: evaluation.row("fine-tuned", student.predict)  # noqa: E731
+        after = partial(evaluation.row, "fine-tuned", student.predict)
     elif args.val_data:
         held_out = session.photos(args.val_data, "held-out photo")
         rows = [session.distances(student, held_out, "before")]
-        after = lambda: session.distances(student, held_out, "fine-tuned")  # noqa: E731
+        after = partial(session.distances, student, held_out, "fine-tuned")
     table = kind or "clip"
     if rows:
         print("held-out photos, before the first step:", flush=True)
