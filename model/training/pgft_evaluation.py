@@ -49,6 +49,7 @@ from megasr.model.training.calibration import (
 from megasr.model.training.data import center_crop
 from megasr.model.training.edge_matching import (
     THRESHOLDS,
+    EdgeCounts,
     at_threshold,
     best_threshold,
     edge_counts,
@@ -122,7 +123,7 @@ class PGFTEvaluation:
     def __post_init__(self) -> None:
         train = self._run(self.reference, self.train, "targets (training photos)", hr=True)
         held = self._run(self.reference, self.held_out, "targets (held-out photos)", hr=True)
-        self.measures = MEASURES[self.kind](train, held)
+        self.measures = MEASURES[self.kind](train, held, self.quiet)
 
     def controls(self) -> list[Row]:
         """The pretrained extractor on the LR photos, as is and recalibrated."""
@@ -155,17 +156,19 @@ class PGFTEvaluation:
 
 
 class EdgeMeasures:
-    """ODS / OIS with thinned, one-to-one matched edges, and the MAE (module docstring)."""
+    """ODS / OIS with thinned, one-to-one matched edges, and the MAE (module docstring).
 
-    def __init__(self, train: list[Tensor], held_out: list[Tensor]) -> None:
-        self.train_maps, self.held_maps = train, held_out
+    Matching at 49 thresholds takes seconds a photo, so it draws its own progress bar."""
+
+    def __init__(self, train: list[Tensor], held_out: list[Tensor], quiet: bool = False) -> None:
+        self.train_maps, self.held_maps, self.quiet = train, held_out, quiet
         self.train_edges = [reference_edges(_plane(m)) for m in train]
         self.held_edges = [reference_edges(_plane(m)) for m in held_out]
 
     def scores(self, train: list[Tensor], held_out: list[Tensor]) -> dict[str, float]:
-        fitted = [edge_counts(_plane(o), e) for o, e in zip(train, self.train_edges, strict=True)]
+        fitted = self._counts(train, self.train_edges, "matching edges (training photos)")
         index = best_threshold(fitted)
-        held = [edge_counts(_plane(o), e) for o, e in zip(held_out, self.held_edges, strict=True)]
+        held = self._counts(held_out, self.held_edges, "matching edges (held-out photos)")
         ods = at_threshold(held, index)
         mae = [(o - r).abs().mean() for o, r in zip(held_out, self.held_maps, strict=True)]
         return {
@@ -180,11 +183,16 @@ class EdgeMeasures:
     def fit(self, train: list[Tensor]) -> Remap:
         return fit_logit_remap(train, self.train_maps)
 
+    def _counts(self, maps: list[Tensor], edges: list, label: str) -> list[EdgeCounts]:
+        pairs = tqdm(list(zip(maps, edges, strict=True)), desc=label, unit="photo",
+                     disable=self.quiet, file=sys.stderr)  # fmt: skip
+        return [edge_counts(_plane(m), e) for m, e in pairs]
+
 
 class DepthMeasures:
     """Scale-and-shift-invariant L1, absolute relative error and δ<1.25 after alignment."""
 
-    def __init__(self, train: list[Tensor], held_out: list[Tensor]) -> None:
+    def __init__(self, train: list[Tensor], held_out: list[Tensor], quiet: bool = False) -> None:
         self.train_maps, self.held_maps = train, held_out
 
     def scores(self, train: list[Tensor], held_out: list[Tensor]) -> dict[str, float]:
@@ -198,7 +206,7 @@ class DepthMeasures:
 class SegmentationMeasures:
     """mIoU and agreement of the most likely classes, KL of the class probabilities."""
 
-    def __init__(self, train: list[Tensor], held_out: list[Tensor]) -> None:
+    def __init__(self, train: list[Tensor], held_out: list[Tensor], quiet: bool = False) -> None:
         self.train_logits, self.held_logits = train, held_out
 
     def scores(self, train: list[Tensor], held_out: list[Tensor]) -> dict[str, float]:
@@ -230,7 +238,7 @@ class SegmentationMeasures:
         return fit_class_remap(train, self.train_logits)
 
 
-MEASURES: dict[str, Callable[[list[Tensor], list[Tensor]], Measures]] = {
+MEASURES: dict[str, Callable[[list[Tensor], list[Tensor], bool], Measures]] = {
     "hed": EdgeMeasures,
     "depth": DepthMeasures,
     "seg": SegmentationMeasures,
