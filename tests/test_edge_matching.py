@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import maximum_bipartite_matching
 
 from megasr.model.training.calibration import LogitRemap, fit_logit_remap
 from megasr.model.training.edge_matching import (
@@ -14,6 +16,7 @@ from megasr.model.training.edge_matching import (
     binary_edges,
     edge_counts,
     match_count,
+    maximum_matching,
     per_image_best,
     reference_edges,
     suppress,
@@ -89,3 +92,15 @@ def _soft(edges: np.ndarray) -> np.ndarray:
     kernel = np.exp(-(np.arange(-4, 5) ** 2) / 4.0)
     blurred = np.apply_along_axis(np.convolve, 0, edges.astype(np.float32), kernel, "same")
     return (blurred / blurred.max()).astype(np.float32)
+
+
+def test_the_matching_is_maximum_on_random_graphs():
+    """Against SciPy's Hopcroft-Karp on graphs small enough for it (it stalls on some of the
+    edge maps' graphs, hence the project's own)."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        left, right = rng.integers(1, 12, size=2)
+        dense = rng.random((left, right)) < rng.uniform(0.05, 0.5)
+        graph = csr_matrix(dense.astype(np.int8))
+        expected = int((maximum_bipartite_matching(graph, perm_type="column") >= 0).sum())
+        assert maximum_matching(graph.indptr, graph.indices, left, right) == expected
