@@ -73,7 +73,7 @@ class WorkerHealth:
     def readiness(self, engines_ready: bool) -> str:
         """For ``/readyz``: ``ready``, or why not (``loading``, ``draining``, ``exiting``,
         ``unhealthy``)."""
-        if self._exiting and self._problem is None:
+        if self._exiting:
             return "exiting"
         if self.problem() is not None:
             return "unhealthy"
@@ -101,15 +101,17 @@ def linger(health: WorkerHealth, seconds: float, interruptible: bool = True) -> 
     runs on in its own thread). A probe that starts within the window sees the 503, so a
     window of the readiness probe's period plus its timeout is seen by at least one probe.
     From the main thread (``interruptible``), a SIGTERM or SIGINT ends the wait at once."""
-    health.exit()
-    if seconds <= 0:
+    if seconds <= 0 or not interruptible:
+        health.exit()
+        if seconds > 0:
+            logger.info("answering 503 on /healthz and /readyz for %g s before exiting", seconds)
+            time.sleep(seconds)
         return
-    logger.info("answering 503 on /healthz and /readyz for %g s before exiting", seconds)
-    if not interruptible:
-        time.sleep(seconds)
-        return
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in signals}  # before the 503s
     try:
+        health.exit()
+        logger.info("answering 503 on /healthz and /readyz for %g s before exiting", seconds)
         time.sleep(seconds)
     except _Interrupted:
         logger.info("signalled: exiting now")

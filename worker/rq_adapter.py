@@ -7,7 +7,7 @@ into a warm shutdown. The batching scheduler (:mod:`.batching`) does everything 
 an RQ worker or reaches an RQ private name:
 
 - RQ calls the scheduler through the hooks named in :data:`HOOKS`, each forwarded to one
-  method of :class:`WorkerEvents` (and RQ's loop dequeues through :class:`EngineQueue`);
+  method of :class:`WorkerEvents`, and dequeues through :class:`EngineQueue`;
 - the scheduler takes more jobs and ends them through :class:`RQWorker`'s own methods, which
   keep RQ's records true (registries, results, retries, the failed registry, ``rq info``) and
   are the only users of the names in :data:`PRIVATE_NAMES`.
@@ -23,10 +23,8 @@ there, naming it, instead of somewhere in the middle of a batch.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
-from itertools import cycle
 from typing import Any, Protocol
 
 from redis import Redis
@@ -39,11 +37,12 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import Serializer
 from rq.timeouts import BaseDeathPenalty
-from rq.utils import as_text, now
+from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from megasr.queue import JOB_SERIALIZER
 from megasr.recovery import maintain_queue
+from megasr.worker.engine_queue import MIN_BLOCK_S, take_first
 
 logger = logging.getLogger("megasr.worker.rq_adapter")
 
@@ -81,14 +80,6 @@ PRIVATE_NAMES: dict[str, tuple[str, ...] | None] = {
     "SimpleWorker._finalize_success": ("self", "job", "queue", "execution", "return_value"),
     "SimpleWorker._finalize_failure": ("self", "job", "queue", "execution", "exc_info"),
     "Queue._enqueue_job": ("self", "job", "pipeline", "at_front", "unique"),
-    "Queue._fetch_dequeued_job": (
-        "connection",
-        "queue_key",
-        "job_id",
-        "job_class",
-        "serializer",
-        "death_penalty_class",
-    ),
     "Job._status": None,  # the status RQ's finishing code reads from the object
 }
 
@@ -96,32 +87,9 @@ PRIVATE_NAMES: dict[str, tuple[str, ...] | None] = {
 PUBSUB_WAIT_S = 1
 
 
-# How long an idle worker of several engines blocks on one queue before looking at the next.
-POLL_S = 0.2
-# Redis rounds a blocking timeout below a millisecond to 0, which means "wait forever".
-MIN_BLOCK_S = 0.001
-
-_MOVE_FIRST = """
-for i = 1, #KEYS, 2 do
-  local job_id = redis.call('LMOVE', KEYS[i], KEYS[i + 1], 'LEFT', 'RIGHT')
-  if job_id then return {KEYS[i], job_id} end
-end
-return false
-"""
-
-
 class EngineQueue(Queue):
-    """An RQ queue whose dequeue always goes through the intermediate list.
-
-    RQ moves a dequeued job into its queue's ``:intermediate`` list (with ``BLMOVE``) only
-    when a worker listens on one queue; with several it pops with ``BLPOP``, and a worker that
-    dies between the pop and the start loses the job. A worker serving several engines
-    listens on several queues, so this moves the first waiting job of any of them into its
-    queue's intermediate list in one Lua step; while all are empty it blocks on each queue in
-    turn for up to :data:`POLL_S`. A job is therefore always in a queue, an intermediate list
-    (from which :func:`megasr.recovery.recover_intermediate` requeues it if its worker died)
-    or the started registry.
-    """
+    """RQ's queue, whose dequeue from several queues goes through the intermediate lists
+    (:mod:`megasr.worker.engine_queue`); from one queue it is RQ's own, which already does."""
 
     @classmethod
     def dequeue_any(
@@ -134,35 +102,11 @@ class EngineQueue(Queue):
         death_penalty_class: type[BaseDeathPenalty] | None = None,
     ) -> tuple[Job, Queue] | None:
         queues = list(queues)
-        if len(queues) < 2:  # RQ's own BLMOVE
+        if len(queues) < 2:
             return super().dequeue_any(
                 queues, timeout, connection, job_class, serializer, death_penalty_class
             )
-        move_first = connection.register_script(_MOVE_FIRST)
-        keys = [key for queue in queues for key in (queue.key, queue.intermediate_queue_key)]
-        deadline = None if timeout is None else time.monotonic() + timeout
-        turns = cycle(queues)
-        while True:
-            moved = move_first(keys=keys)
-            if not moved and deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining < MIN_BLOCK_S:
-                    raise DequeueTimeout(timeout, [queue.key for queue in queues])
-                queue = next(turns)
-                job_id = connection.blmove(
-                    queue.key, queue.intermediate_queue_key, min(POLL_S, remaining)
-                )
-                moved = [queue.key, job_id] if job_id is not None else None
-            if not moved:
-                if deadline is None:
-                    return None
-                continue
-            queue_key, job_id = map(as_text, moved)
-            fetched = cls._fetch_dequeued_job(
-                connection, queue_key, job_id, job_class, serializer, death_penalty_class
-            )
-            if fetched is not None:
-                return fetched
+        return take_first(queues, timeout, connection, job_class or cls.job_class)
 
 
 class WorkerEvents(Protocol):
