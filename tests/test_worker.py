@@ -98,12 +98,17 @@ def hold(worker: WorkerProcess) -> Iterator[Path]:
 
 def test_probes_and_metrics_port(cluster: Cluster, worker: WorkerProcess) -> None:
     assert http_get(worker.url + "/healthz") == (200, b'{"status": "ok"}')
-    assert http_get(worker.url + "/readyz")[0] == 200
-    _, body = http_get(worker.url + "/metrics")
-    text = body.decode()
+    assert http_get(worker.url + "/readyz") == (200, b'{"status": "ready"}')
+    loaded = 'megasr_engine_loaded{engine="tiny"} 1.0'
+
+    def exposition_with_engine_loaded() -> str:
+        """The gauge is set a moment after the engines report ready (/readyz turns 200)."""
+        text = http_get(worker.url + "/metrics")[1].decode()
+        return text if loaded in text else ""
+
+    text = wait_for(exposition_with_engine_loaded, "the engine-loaded gauge")
     for name in WORKER_METRICS:
         assert f"# TYPE {name} " in text, name
-    assert 'megasr_engine_loaded{engine="tiny"} 1.0' in text
     assert "job_id" not in text
     # The worker announces its engines for the gateway's GET /v1/engines.
     catalog = read_engines(cluster.connection)

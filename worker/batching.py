@@ -265,7 +265,7 @@ class BatchingWorker:
                 continue
             self._deliver([segment], outputs, started)
 
-    def _deliver(self, segments: list[Segment], outputs, started: float) -> None:
+    def _deliver(self, segments: list[Segment], outputs: torch.Tensor, started: float) -> None:
         """Hand each job its tiles' outputs; finish the jobs that are complete."""
         offset = 0
         for item, first, count in segments:
