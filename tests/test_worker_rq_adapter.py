@@ -164,44 +164,42 @@ def test_each_private_name_exists_in_rq(name: str, redis: Redis, queue: Queue) -
         assert parameters == expected, f"RQ's {name} now takes {parameters}, not {expected}"
 
 
-def test_only_the_adapter_reaches_rq_private_names() -> None:
-    """Outside ``rq_adapter.py`` no worker module reads another object's private attribute
-    or subclasses an RQ worker; inside it, every private name used is listed."""
+def test_only_the_adapter_reaches_rq_private_names(redis: Redis, queue: Queue) -> None:
+    """Outside ``rq_adapter.py`` no worker module uses a private name of RQ's worker, queue or
+    job, or subclasses an RQ worker; inside it, every such name used is listed."""
+    rq_private = _private_names(
+        SimpleWorker([queue], connection=redis),
+        queue,
+        Job.create("os.getpid", connection=redis, serializer=JOB_SERIALIZER),
+    )
     for path in sorted(WORKER_SOURCE.glob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        foreign = _foreign_private_names(tree)
+        used = _private_attributes(tree) & rq_private
         if path.name == "rq_adapter.py":
             listed = {name.split(".")[1] for name in PRIVATE_NAMES}
-            assert foreign == listed, f"rq_adapter.py uses {foreign}; PRIVATE_NAMES lists {listed}"
+            assert used == listed, f"rq_adapter.py uses {used}; PRIVATE_NAMES lists {listed}"
         else:
-            assert not foreign, f"{path.name} reaches RQ's private names {foreign}"
+            assert not used, f"{path.name} reaches RQ's private names {used}"
             assert not _subclasses_rq_worker(tree), f"{path.name} subclasses an RQ worker"
 
 
-def _foreign_private_names(tree: ast.Module) -> set[str]:
-    """``x._name`` where ``_name`` is not defined by the module's own classes (RQ's, then)."""
-    own = {
-        node.attr
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Attribute)
-        and isinstance(node.ctx, ast.Store)
-        and isinstance(node.value, ast.Name)
-        and node.value.id == "self"
-    } | {
-        node.name
-        for node in ast.walk(tree)
-        if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name.startswith("_")
-    }
-    used = {
+def _private_names(*objects: object) -> set[str]:
+    """The private (one underscore) names of these objects and their classes."""
+    names = set()
+    for item in objects:
+        names |= set(dir(item)) | set(vars(item))
+    return {name for name in names if name.startswith("_") and not name.startswith("__")}
+
+
+def _private_attributes(tree: ast.Module) -> set[str]:
+    """Every ``x._name`` in a module."""
+    return {
         node.attr
         for node in ast.walk(tree)
         if isinstance(node, ast.Attribute)
         and node.attr.startswith("_")
         and not node.attr.startswith("__")
-        and not (isinstance(node.value, ast.Name) and node.value.id == "os")  # os._exit
     }
-    rq_assigned = {"_ordered_queues", "_stop_requested", "_stopped_job_id", "_status"}
-    return (used - own) | (used & rq_assigned)
 
 
 def _subclasses_rq_worker(tree: ast.Module) -> bool:
