@@ -1,9 +1,9 @@
 """A test hook, not a feature: named points of a job's end where a worker stops itself.
 
-``tests/test_worker_kill_points.py`` kills a worker at each point between an engine call's
+``tests/test_worker_faults.py`` kills a worker at each point between an engine call's
 return and the job's end being written, and needs the kill to land exactly there. With
-``MEGASR_TEST_STOP_AT`` naming a point, the first job to reach it makes the worker send
-itself SIGSTOP: every thread halts at once (the heartbeat and the webhook sender too, so
+``MEGASR_TEST_STOP_AT`` naming a point, a job that reaches it makes the worker send itself
+SIGSTOP: every thread halts at once (the heartbeat and the webhook sender too, so
 nothing moves on behind the test's back), and the test, seeing the process stopped, kills
 it with SIGKILL. No sleep and no timing guess decides where the worker dies.
 
