@@ -143,6 +143,7 @@ class BatchingWorker:
         self.health.drain()
 
     def stopped(self) -> None:
+        self.health.exit()  # before its threads stop, so no probe reads them as dead
         self.watchdog.stop()
         self._heartbeats.stop()
         with suppress(Exception):
