@@ -183,8 +183,9 @@ class RQWorker(SimpleWorker):
         self._stop_requested = True
 
     def dequeue(self, timeout_s: float) -> tuple[Job, Queue] | None:
-        """One more job from any listened queue, waiting up to ``timeout_s`` (None: no wait),
-        moved to its queue's intermediate list as RQ's loop does."""
+        """One more job from any listened queue, waiting up to ``timeout_s`` (under a
+        millisecond: not at all), moved to its queue's intermediate list as RQ's loop does;
+        None when none came."""
         try:
             return self.queue_class.dequeue_any(
                 self._ordered_queues,
@@ -203,7 +204,9 @@ class RQWorker(SimpleWorker):
         """RQ's success handling: result, status, registries, callbacks, in RQ's transaction."""
         self._finalize_success(job, queue, execution, result)
 
-    def end_failed(self, job: Job, queue: Queue, execution: Execution, error: BaseException):
+    def end_failed(
+        self, job: Job, queue: Queue, execution: Execution, error: BaseException
+    ) -> None:
         """RQ's failure handling: a retry while the job has retries, else failed for good."""
         self._finalize_failure(job, queue, execution, (type(error), error, error.__traceback__))
 
