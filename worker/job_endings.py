@@ -93,21 +93,14 @@ class JobEndings:
 
     def stopped(self, item: BatchItem) -> None:
         """An RQ stop-job command: RQ's stopped status, the failed registry, no retry."""
-        if not self.end_once(item):
-            return
-        if not self.leases.owns(item.job, item.execution):
-            self.rq.forget(item.job, item.execution)
+        if not self._still_owned(item):
             return
         with self._told(item, PublicStatus.CANCELED):
             self.rq.end_stopped(item.job, item.queue, item.execution)
 
     def canceled(self, item: BatchItem) -> None:
-        """The gateway canceled the job: no result, status canceled, execution cleared. A
-        job no longer ours is only let go: its new owner tells the client."""
-        if not self.end_once(item):
-            return
-        if not self.leases.owns(item.job, item.execution):
-            self.rq.forget(item.job, item.execution)
+        """The gateway canceled the job: no result, status canceled, execution cleared."""
+        if not self._still_owned(item):
             return
         with self._told(item, PublicStatus.CANCELED):
             self.rq.end_canceled(item.job, item.execution, _canceled_meta(item.job))
@@ -143,6 +136,17 @@ class JobEndings:
                 return False
             item.done = True
             return True
+
+    def _still_owned(self, item: BatchItem) -> bool:
+        """Take ``item`` out of the batch; True while it still names this worker as its
+        owner. A stop or a cancel needs no lease margin (nothing of the job's runs on), and a
+        job no longer ours is only let go: its new owner tells the client."""
+        if not self.end_once(item):
+            return False
+        if self.leases.owns(item.job, item.execution):
+            return True
+        self.rq.forget(item.job, item.execution)
+        return False
 
     def claim(self, item: BatchItem) -> bool:
         """Take ``item`` out of the batch and claim its lease; a job that is no longer ours
