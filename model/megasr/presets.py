@@ -9,13 +9,19 @@ the tiny CLIP's width when a tiny model is built.
 
 from __future__ import annotations
 
+from dataclasses import asdict, replace
 from typing import Any
 
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from megasr.model.megasr.config import ModulesConfig
+from megasr.model.extractors import tiny_clip_tokenizer, tiny_extractors
+from megasr.model.megasr.config import InferenceConfig, ModulesConfig
 from megasr.model.megasr.denoiser import MegaSRDenoiser
-from megasr.model.megasr.networks import MegaSRUNet2DConditionModel
+from megasr.model.megasr.extractor_component import MegaSRExtractors
+from megasr.model.megasr.networks import MegaSRControlNetModel, MegaSRUNet2DConditionModel
+from megasr.model.megasr.pipeline import MegaSRPipeline
 
 SD_SCHEDULER: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -63,8 +69,9 @@ TINY_MODULES = ModulesConfig(
     guidance_channels=16,
     guidance_norm_groups=4,
     saft_hidden=16,
-    controlnet_embedding_channels=(8, 16, 16, 32),
 )
+TINY_CONTROLNET_EMBEDDING = (8, 16, 16, 32)
+"""Channels of the tiny ControlNet's conditioning encoder (three stride-2 steps)."""
 
 TINY_VAE: dict[str, Any] = {
     "in_channels": 3,
@@ -77,6 +84,10 @@ TINY_VAE: dict[str, Any] = {
     "norm_num_groups": 8,
     "sample_size": 64,
 }
+
+
+TINY_INFERENCE = InferenceConfig(steps=4)
+"""The tiny preset's sampling defaults: few steps, so smoke runs of the service stay quick."""
 
 
 def tiny_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
@@ -102,4 +113,33 @@ def sd2_base_denoiser(modules: ModulesConfig = SD2_BASE_MODULES) -> MegaSRDenois
 
     Built on whatever device is current, so ``with torch.device("meta")`` sizes it for free.
     """
-    return MegaSRDenoiser.from_unet(MegaSRUNet2DConditionModel(**SD2_BASE_UNET), modules)
+    unet = MegaSRUNet2DConditionModel.from_plain_config(SD2_BASE_UNET, modules)
+    return MegaSRDenoiser.from_unet(unet)
+
+
+def build_tiny_pipeline(seed: int = 0) -> MegaSRPipeline:
+    """Tiny random weights for every component, the same for the same seed; no downloads.
+
+    The tiny preset samples with 4 steps by default so smoke runs of the service stay quick;
+    everything else keeps the full model's defaults.
+    """
+    extractors = tiny_extractors(seed)
+    torch.manual_seed(seed)
+    tokenizer = tiny_clip_tokenizer()
+    modules = replace(TINY_MODULES, clip_width=extractors.clip_width)
+    unet = MegaSRUNet2DConditionModel.from_plain_config(TINY_UNET, modules)
+    controlnet = MegaSRControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=TINY_CONTROLNET_EMBEDDING
+    )
+    return MegaSRPipeline(
+        vae=AutoencoderKL(**TINY_VAE),
+        text_encoder=tiny_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        unet=unet,
+        controlnet=controlnet,
+        scheduler=DDPMScheduler.from_config(SD_SCHEDULER),
+        extractors=MegaSRExtractors.of(extractors),
+        inference=asdict(TINY_INFERENCE),
+        preset="tiny",
+        sources={"preset": "tiny", "seed": str(seed)},
+    )
