@@ -318,7 +318,8 @@ def test_a_flat_image_shows_no_period_at_the_tile_stride(model, pipeline, monkey
 def test_step_invariant_work_is_done_once_and_changes_nothing(model, pipeline, photo, monkeypatch):
     """With the step cache, every MSFM computes its modulation once per batch of tiles and
     every CSM its Connector's image tokens once, and the denoiser gets the very same control
-    and prompt tensors at every step; without it (``step_cache_mb`` 0) all of it is redone each step.
+    and prompt tensors at every step; without it (``step_cache_mb`` 0) all of it is redone
+    each step.
     The results are identical: the same operations, done once instead of every step."""
     calls = {"modulation": 0, "connector": 0}
     original = MSFM.modulation

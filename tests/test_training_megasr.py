@@ -12,9 +12,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from megasr.cli.main import main
+from megasr.model.megasr.adapter import is_adapter_key
 from megasr.model.megasr.checkpoint import (
-    ADAPTER_FILE,
-    CONTROLNET_WEIGHTS,
+    CONTROLNET_DIR,
+    UNET_DIR,
     init_tiny_checkpoint,
 )
 from megasr.model.megasr.checkpoint_info import checkpoint_info
@@ -66,9 +67,14 @@ def _config(checkpoint: Path, photos: Path, out: Path, **training) -> TrainConfi
 
 
 def _trained_weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    weights = load_file(model_dir / ADAPTER_FILE)
-    controlnet = load_file(model_dir / CONTROLNET_WEIGHTS)
-    return {**weights, **{f"controlnet.{k}": v for k, v in controlnet.items()}}
+    """The trained set as written: the U-Net's CSMs and MSFMs and the whole ControlNet."""
+    weights = "diffusion_pytorch_model.safetensors"
+    unet = load_file(model_dir / UNET_DIR / weights)
+    controlnet = load_file(model_dir / CONTROLNET_DIR / weights)
+    return {
+        **{f"unet.{k}": v for k, v in unet.items() if is_adapter_key(k)},
+        **{f"controlnet.{k}": v for k, v in controlnet.items()},
+    }
 
 
 def _everything(trainer: MegaSRTrainer) -> dict[str, torch.Tensor]:

@@ -217,7 +217,7 @@ def load_checkpoint(
     require_parts(checkpoint_dir, (*BASE_DIRS, CONTROLNET_DIR, EXTRACTORS_DIR))
     try:
         pipe = MegaSRPipeline.from_pretrained(
-            checkpoint_dir, torch_dtype=dtype, local_files_only=True
+            checkpoint_dir, dtype=dtype, local_files_only=True
         )
     except (OSError, ValueError) as error:
         raise EngineError(f"cannot load the MegaSR checkpoint {checkpoint_dir}: {error}") from error
