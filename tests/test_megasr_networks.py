@@ -243,5 +243,5 @@ def test_a_megasr_network_is_built_from_a_plain_one_at_identity():
         plain = plain_forward(unet, controlnet, args)
     torch.testing.assert_close(_forward(denoiser, args), plain, atol=1e-5, rtol=0)
     assert isinstance(denoiser.unet, MegaSRUNet2DConditionModel)
-    with pytest.raises(ValueError, match="name them 'MegaSRUNet2DConditionModel.CrossAttn"):
+    with pytest.raises(ValueError, match=r"name them 'MegaSRUNet2DConditionModel\.CrossAttn"):
         MegaSRUNet2DConditionModel(**{**dict(unet.config), "csm": True})

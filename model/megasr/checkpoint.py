@@ -216,9 +216,7 @@ def load_checkpoint(
     read_config(checkpoint_dir)
     require_parts(checkpoint_dir, (*BASE_DIRS, CONTROLNET_DIR, EXTRACTORS_DIR))
     try:
-        pipe = MegaSRPipeline.from_pretrained(
-            checkpoint_dir, dtype=dtype, local_files_only=True
-        )
+        pipe = MegaSRPipeline.from_pretrained(checkpoint_dir, dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as error:
         raise EngineError(f"cannot load the MegaSR checkpoint {checkpoint_dir}: {error}") from error
     return pipe.to(device).freeze()
