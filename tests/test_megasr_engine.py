@@ -40,13 +40,14 @@ def lr_image(height: int = 16, width: int = 16, seed: int = 5) -> torch.Tensor:
 
 
 def test_the_tile_setting_is_the_latent_tile_in_output_pixels(engine):
-    assert engine.defaults.latent_tile == 96 and engine.defaults.vae_tile == 96
+    assert engine.defaults.latent_tile == 160 and engine.defaults.vae_tile == 160
     small = MegaSREngine(engine.checkpoint_dir, Settings(tile=100))
-    # 100 px -> 12 latents, rounded down to the tiny U-Net's multiple of 2; the VAE follows.
+    # 100 px -> 12 latents, a multiple of the tiny U-Net's 4; the VAE follows.
     assert (small.defaults.latent_tile, small.defaults.vae_tile) == (12, 12)
     assert small.defaults.latent_tile_overlap == 6
-    # A 256 x 384 output is 32 x 48 latents: 12-latent tiles with stride 6 -> 5 x 7.
-    assert small.tiles_per_step(256, 384) == 35
+    # A 256 x 384 output is 32 x 48 latents: 12-latent tiles with stride 4 (6 rounded down
+    # to the multiple) -> 6 x 10.
+    assert small.tiles_per_step(256, 384) == 60
     assert engine.tiles_per_step(256, 384) == 1
 
 
