@@ -20,12 +20,14 @@ libraries' own temporary-file modes, so a checkpoint mounted into a pod reads un
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from megasr.errors import EngineError
@@ -52,6 +54,7 @@ BASE_DIRS = (UNET_DIR, "vae", "text_encoder", "tokenizer", SCHEDULER_DIR)
 TRAINABLE_PARTS = (CONTROLNET_DIR, UNET_DIR)
 FROZEN_PARTS = ("vae", "text_encoder", EXTRACTORS_DIR)
 FILE_MODE, DIR_MODE = 0o644, 0o755
+HIDE_BARS = "HF_HUB_DISABLE_PROGRESS_BARS"
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,8 @@ def load_checkpoint(
     """
     read_config(checkpoint_dir)
     require_parts(checkpoint_dir, (*BASE_DIRS, CONTROLNET_DIR, EXTRACTORS_DIR))
+    if os.environ.get(HIDE_BARS) == "1":  # a quiet command (megasr.model.loading_bars)
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components..."
     try:
         pipe = MegaSRPipeline.from_pretrained(checkpoint_dir, dtype=dtype, local_files_only=True)
     except (OSError, ValueError) as error:
