@@ -5,10 +5,14 @@
 its own session, so a Ctrl-C in the terminal reaches only us and we stop it in order, after
 the gateway) and the Redis server (a child of its own session too). Nothing is left running
 after :meth:`LocalService.stop`.
+
+While it waits, it reads the workers' engine announcements from Redis and says each change
+(:mod:`megasr.cli.serve_log`), so a user sees the worker loading and then ready.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,8 +20,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
+from redis import Redis
+from redis.exceptions import RedisError
+
+from megasr.cli.serve_log import EngineWatch, ServeLog
 from megasr.embedded_redis import EmbeddedRedis
+from megasr.engine_status import read_engines
 from megasr.errors import ServiceUnavailableError
 from megasr.settings import Settings
 
@@ -28,8 +38,16 @@ GATEWAY_START_TIMEOUT_S = 30.0
 class LocalService:
     """Start with :meth:`start` (returns the URL), then :meth:`wait`, then :meth:`stop`."""
 
-    def __init__(self, settings: Settings, host: str, port: int, worker_port: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        host: str,
+        port: int,
+        worker_port: int,
+        log: ServeLog | None = None,
+    ) -> None:
         self.settings = settings.model_copy(update={"auth_enabled": False})
+        self.log = log or ServeLog()
         self.host = host
         self.port = port
         self.worker_port = worker_port
@@ -44,21 +62,31 @@ class LocalService:
             if self.settings.redis_url is None:
                 self.redis = EmbeddedRedis(self.settings.data_dir / "redis").start()
                 self.settings = self.settings.model_copy(update={"redis_url": self.redis.url})
+                self.log.say(f"Redis up, data in {self.settings.data_dir}")
             self.worker = self._start_worker()
-            return self._start_gateway()
+            engines = ", ".join(self.settings.worker_engines)
+            self.log.say(f"worker started (pid {self.worker.pid}), to load: {engines}")
+            url = self._start_gateway()
+            self.log.say(f"gateway up at {url}: uploads are accepted and queued from now on")
+            return url
         except BaseException:
             self.stop()
             raise
 
     def wait(self) -> int:
-        """Block until :meth:`request_stop` (a signal) or the worker dies; the exit status."""
-        while not self.stopping.wait(0.5):
-            if self.worker is not None and self.worker.poll() is not None:
-                print(f"megasr: the worker exited ({self.worker.returncode})", file=sys.stderr)
-                return 1
-            if self.thread is not None and not self.thread.is_alive():
-                print("megasr: the gateway stopped", file=sys.stderr)
-                return 1
+        """Block until :meth:`request_stop` (a signal) or the worker dies; the exit status.
+        Meanwhile say how the worker's engines are doing."""
+        watch = EngineWatch(self.log)
+        with Redis.from_url(str(self.settings.redis_url), socket_timeout=5) as connection:
+            while not self.stopping.wait(0.5):
+                with contextlib.suppress(RedisError):  # Redis may be stopping with us
+                    watch.update(read_engines(connection))
+                if self.worker is not None and self.worker.poll() is not None:
+                    self.log.say(f"the worker exited ({self.worker.returncode})")
+                    return 1
+                if self.thread is not None and not self.thread.is_alive():
+                    self.log.say("the gateway stopped")
+                    return 1
         return 0
 
     def request_stop(self, *_: object) -> None:
@@ -66,15 +94,25 @@ class LocalService:
         self.stopping.set()
 
     def stop(self) -> None:
-        """Gateway first (no new jobs), then the worker (it finishes its batch), then Redis."""
+        """Gateway first (no new jobs), then the worker (it finishes its batch), then Redis;
+        each step says how long it took."""
         if self.server is not None:
             self.server.should_exit = True
         if self.thread is not None:
-            self.thread.join()
+            with self._timed("gateway"):
+                self.thread.join()
         if self.worker is not None:
-            _stop_process(self.worker, WORKER_STOP_GRACE_S)
+            with self._timed("worker"):
+                _stop_process(self.worker, WORKER_STOP_GRACE_S)
         if self.redis is not None:
-            self.redis.stop()
+            with self._timed("Redis (saved)"):
+                self.redis.stop()
+
+    @contextlib.contextmanager
+    def _timed(self, part: str) -> Iterator[None]:
+        began = self.log.elapsed()
+        yield
+        self.log.say(f"{part} stopped in {self.log.elapsed() - began:.1f} s")
 
     def _start_worker(self) -> subprocess.Popen:
         env = dict(os.environ)

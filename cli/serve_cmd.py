@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 from pathlib import Path
 
 from megasr.settings import Settings
@@ -67,7 +66,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"MegaSR is running at {url}  (Ctrl-C to stop)", flush=True)
         status = service.wait()
     finally:
-        print("megasr: stopping", file=sys.stderr, flush=True)
+        service.log.say("stopping: the gateway, then the worker, then Redis")
         service.stop()
     return status
 
