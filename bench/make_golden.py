@@ -55,12 +55,13 @@ def golden_name(engine: str) -> str:
     return f"astronaut_face_64_{tag}_ncnn.png"
 
 
-def ncnn_upscaler(model: NcnnModel) -> Realesrgan:
+def ncnn_upscaler(model: NcnnModel, tile: int = 0) -> Realesrgan:
     """The ncnn runtime on the CPU with ``model``: the wrapper's own copy where it ships one,
-    else the registry package's files through its custom-model loader."""
+    else the registry package's files through its custom-model loader; ``tile`` 0 is the
+    wrapper's automatic tile side (400 pixels on the CPU)."""
     if model.name in NCNN_INDEX:
-        return Realesrgan(gpuid=NCNN_CPU, model=NCNN_INDEX[model.name])
-    upscaler = Realesrgan(gpuid=NCNN_CPU, model=-1)
+        return Realesrgan(gpuid=NCNN_CPU, tilesize=tile, model=NCNN_INDEX[model.name])
+    upscaler = Realesrgan(gpuid=NCNN_CPU, tilesize=tile, model=-1)
     files = importlib.resources.files(model.package)
     with (
         importlib.resources.as_file(files / f"{model.stem}.param") as param,

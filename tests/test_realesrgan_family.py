@@ -8,6 +8,7 @@ here too.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,12 @@ def test_a_worker_serving_a_family_loads_every_variant(settings: Settings) -> No
         "realesr-animevideov3-x4",
         "tests:Engine",
     ]
+
+
+def test_the_service_docs_list_every_engine_with_its_description(repo_root: Path) -> None:
+    page = (repo_root / "docs" / "service.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([a-z0-9-]+)` \| ([^|]+) \|$", page, re.M))
+
+    assert {name: rows.get(name) for name in CATALOG} == {
+        name: entry.description for name, entry in CATALOG.items()
+    }
