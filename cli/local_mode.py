@@ -31,7 +31,13 @@ from megasr.engine_status import read_engines
 from megasr.errors import ServiceUnavailableError
 from megasr.settings import Settings
 
-WORKER_STOP_GRACE_S = 30.0
+# How long a stopping worker may finish the batch in hand (RQ's warm shutdown) before it is
+# told again (RQ's cold shutdown: it stops at the next Python step, after the engine call in
+# progress) and then, if it still runs, killed; its jobs are then handed back at once. With
+# the gateway's bound, Ctrl-C ends within 10 s (docs/service.md).
+WORKER_WARM_S = 4.0
+WORKER_COLD_S = 3.0
+GATEWAY_GRACE_S = 1
 GATEWAY_START_TIMEOUT_S = 30.0
 
 
@@ -94,8 +100,9 @@ class LocalService:
         self.stopping.set()
 
     def stop(self) -> None:
-        """Gateway first (no new jobs), then the worker (it finishes its batch), then Redis;
-        each step says how long it took."""
+        """Gateway first (no new jobs), then the worker (it finishes its batch if it can in
+        :data:`WORKER_WARM_S`, else its jobs go back to the queue), then Redis; each step says
+        how long it took."""
         if self.server is not None:
             self.server.should_exit = True
         if self.thread is not None:
@@ -103,10 +110,33 @@ class LocalService:
                 self.thread.join()
         if self.worker is not None:
             with self._timed("worker"):
-                _stop_process(self.worker, WORKER_STOP_GRACE_S)
+                self._stop_worker(self.worker)
         if self.redis is not None:
             with self._timed("Redis (saved)"):
                 self.redis.stop()
+
+    def _stop_worker(self, process: subprocess.Popen) -> None:
+        if process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)  # finish the batch in hand, take no new job
+        if _exited(process, WORKER_WARM_S):
+            return
+        self.log.say("the worker is still busy: stopping it now and handing its jobs back")
+        process.send_signal(signal.SIGTERM)  # RQ's cold shutdown
+        if not _exited(process, WORKER_COLD_S):
+            process.kill()
+            process.wait()
+        self._hand_back()
+
+    def _hand_back(self) -> None:
+        """The stopped worker's jobs back in their queues, retries kept (a restart runs them)."""
+        from megasr.queue import EngineQueues, redis_connection
+        from megasr.recovery import hand_back
+
+        with redis_connection(self.settings) as connection:
+            queues = EngineQueues(self.settings, connection).all()
+            handed = sum(hand_back(queue) for queue in queues)
+        self.log.say(f"{handed} job(s) handed back to the queue; they run at the next start")
 
     @contextlib.contextmanager
     def _timed(self, part: str) -> Iterator[None]:
@@ -134,7 +164,11 @@ class LocalService:
         from megasr.service import create_app
 
         config = uvicorn.Config(
-            create_app(self.settings), host=self.host, port=self.port, log_level="warning"
+            create_app(self.settings),
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            timeout_graceful_shutdown=GATEWAY_GRACE_S,  # a request still open is cut then
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
@@ -148,13 +182,9 @@ class LocalService:
         return f"http://{self.host}:{port}"
 
 
-def _stop_process(process: subprocess.Popen, grace_s: float) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
+def _exited(process: subprocess.Popen, timeout_s: float) -> bool:
     try:
-        process.wait(grace_s)
+        process.wait(timeout_s)
     except subprocess.TimeoutExpired:
-        print("megasr: the worker did not stop in time; killing it", file=sys.stderr)
-        process.kill()
-        process.wait()
+        return False
+    return True

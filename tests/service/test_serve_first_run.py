@@ -91,7 +91,8 @@ def test_an_upload_sent_when_the_url_is_printed_is_accepted_and_runs(tmp_path, p
         url = serve.wait_for_url()
         at_once = upload(url, photo)
         # The case a user met most: the worker has announced itself and is loading.
-        wait_until(lambda: engine_state(url) == "loading", "the worker to announce it loads")
+        loading = lambda: engine_state(url) == "loading"  # noqa: E731
+        wait_until(loading, "the worker to announce it loads", timeout_s=120)
         while_loading = upload(url, photo)
         hold.unlink()  # the engine may finish loading now
         with Client(url) as client:
@@ -116,3 +117,36 @@ def test_an_upload_sent_when_the_url_is_printed_is_accepted_and_runs(tmp_path, p
     positions = [log.find(text) for text in order]
     assert -1 not in positions and positions == sorted(positions), log
     assert re.search(r"megasr \[\s*\d+\.\d s\] worker ready with tiny-slow", log), log
+
+
+def test_ctrl_c_mid_batch_hands_the_job_back_and_the_next_start_runs_it(tmp_path, photo):
+    """The engine call is held (``MEGASR_TEST_HOLD``) when Ctrl-C comes: the worker cannot
+    finish its batch, so it is stopped and its job goes back to the queue, and a second
+    ``megasr serve`` on the same data folder runs it."""
+    hold = tmp_path / "engine-call"
+    env = worker_env("unused", tmp_path / "data", "megasr", MEGASR_TEST_HOLD=str(hold))
+    del env["MEGASR_REDIS_URL"]
+    first = Serve(tmp_path / "data", env)
+    try:
+        url = first.wait_for_url()
+        ready = lambda: engine_state(url) == "ready"  # noqa: E731
+        wait_until(ready, "the worker to load (its warm-up runs the engine)", timeout_s=120)
+        hold.touch()
+        job_id = upload(url, photo).json()["id"]
+        with Client(url) as client:
+            running = lambda: client.get(job_id).status is JobStatus.RUNNING  # noqa: E731
+            wait_until(running, "the worker to take the job")
+    finally:
+        first_status = first.stop()
+    hold.unlink()
+    second = Serve(tmp_path / "data", env)
+    try:
+        with Client(second.wait_for_url()) as client:
+            job = client.wait(job_id, timeout_s=90)
+    finally:
+        second.stop()
+
+    assert first_status == 0, first.log
+    assert "the worker is still busy: stopping it now and handing its jobs back" in first.log
+    assert "1 job(s) handed back to the queue; they run at the next start" in first.log
+    assert job.status is JobStatus.SUCCEEDED, second.log
