@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from service_support import KEY_A
 
+from megasr.client import Client
 from megasr.engine_catalog import CATALOG
 from megasr.engine_status import EngineState, publish_engines
 from megasr.queue import AUTO_QUEUE
@@ -126,3 +127,16 @@ def test_an_engine_that_failed_everywhere_is_503_with_the_reason(gateway, photo)
     )
     assert other.status_code == 422
     assert other.json()["detail"] == "engine 'realesrgan-x4plus' is not served here, nor any other"
+
+
+def test_the_python_client_lists_and_picks_engines(gateway, photo):
+    publish_engines(gateway.redis, "w1", dict.fromkeys(ANIME_VIDEO, READY), ttl_s=60)
+
+    with Client(gateway.url, api_key="key-a") as client:
+        (engine,) = client.engines().engines
+        job = client.submit(photo, engine="realesr-animevideov3", scale=3)
+
+    assert engine.name == "realesr-animevideov3" and engine.variants == ANIME_VIDEO
+    assert engine.description == CATALOG["realesr-animevideov3"].description
+    assert job.params["engine"] == "realesr-animevideov3"
+    assert queue_of(gateway, job.id) == "realesr-animevideov3-x3"
