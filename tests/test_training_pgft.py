@@ -4,6 +4,7 @@ the data pipeline under it, and the edge measures it reports."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -273,6 +274,17 @@ def test_a_resumed_fine_tuning_ends_bit_for_bit_where_an_uninterrupted_one_does(
     at_two = load_file(states / "step-00000002" / "trainable.safetensors")
     at_four = load_file(states / "step-00000004" / "trainable.safetensors")
     assert any(not torch.equal(at_two[name], at_four[name]) for name in at_two)  # it trained
+
+
+def test_the_progress_bar_counts_the_steps_with_the_time_left(photos, tiny_hed, tmp_path, capsys):
+    """Into a log file (not a terminal) the bar is drawn at the start and the end, with the
+    elapsed and remaining time tqdm derives from the steps done."""
+    argv = _train(photos, "pgft-extractor", "--extractor", "hed", "--source", str(tiny_hed))
+    argv.remove("--quiet")
+    assert main([*argv, "--out", str(tmp_path / "hed.safetensors")]) == 0
+    bars = capsys.readouterr().err
+    assert re.search(r"fine-tuning: +0%.* 0/2 \[", bars)
+    assert re.search(r"fine-tuning: 100%.* 2/2 \[\d\d:\d\d<\d\d:\d\d", bars)
 
 
 def test_a_resume_point_of_another_recipe_is_refused(photos, tiny_hed, tmp_path, capsys):
