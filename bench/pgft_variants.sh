@@ -10,8 +10,9 @@
 # photographs, and that run continued to 1200 steps.
 #
 # Every run writes a resume point every 50 steps: run the script again after a kill and
-# each run continues where it stopped (a finished run is not repeated). One thread each:
-# on a shared 2-core machine a second PyTorch thread mostly spins (docs/training.md).
+# each run continues where it stopped (a finished run, one with its NAME.json report, is
+# not run again). One thread each: on a shared 2-core machine a second PyTorch thread
+# mostly spins (docs/training.md, "Threads").
 set -euo pipefail
 out=${1:-runs/pgft-variants}
 more=${2:-}
@@ -22,6 +23,10 @@ python "$(dirname "$0")/pgft_photos.py" "$photos" --more
 train() {  # NAME STEPS [OPTIONS...]: one fine-tuning of the bundled HED
     local name=$1 steps=$2
     shift 2
+    if [ -f "$out/$name.json" ]; then  # finished: keep its report (and its training time)
+        echo "== $name: finished before ($out/$name.json)"
+        return
+    fi
     echo "== $name: $steps steps $* ($(uptime))"
     megasr train pgft-extractor --extractor hed --steps "$steps" --batch-size 4 --crop 128 \
         --lr 5e-5 --seed 0 --checkpoint-every 50 --out "$out/$name.safetensors" \
