@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,6 +26,7 @@ from megasr.service.context import Gateway
 from megasr.service.images import inspect_image
 from megasr.service.limits import check_capacity, track_in_flight
 from megasr.service.records import JobRecord, load_record, save_record
+from megasr.service.upload_gate import Upload as UploadPlace
 from megasr.service.uploads import Upload, check_declared_length, read_upload
 from megasr.storage import content_type_for, input_key
 
@@ -46,24 +48,34 @@ class SubmitRequest:
 
 async def submit(gw: Gateway, request: SubmitRequest) -> Submitted:
     """Check, store and queue one upscale; counts the outcome in the metrics."""
-    engine = "unknown"
+    labels = {"engine": "unknown"}
     try:
-        settings = gw.settings
-        check_declared_length(request.content_length, settings.max_upload_bytes)
-        await run_sync(check_capacity, gw.redis, gw.queues, settings, request.tenant)
-        upload = await read_upload(request.content_type, request.body, settings.max_upload_bytes)
-        params = UpscaleParams.parse(upload.fields)
-        if params.webhook_url is not None:  # refused now, not after the job ran
-            await run_sync(gw.notifier.dispatcher.policy.resolve, str(params.webhook_url))
-        runs_on, engine = await run_sync(_resolve_engine, gw, params.engine)
-        info = await inspect_image(upload.image, params, settings)
-        submitted = await run_sync(_store_and_enqueue, gw, request, upload, params, info, runs_on)
+        declared = check_declared_length(request.content_length, gw.settings.max_upload_bytes)
+        # The upload's place is held until it is stored: its bytes are in memory until then.
+        with gw.uploads.admit(declared) as place:
+            submitted = await _accept(gw, request, place, labels)
     except MegaSRError as error:
-        gw.metrics.jobs_submitted.labels(engine, _outcome(error)).inc()
+        gw.metrics.jobs_submitted.labels(labels["engine"], _outcome(error)).inc()
         raise
     outcome = "replayed" if submitted.replayed else "accepted"
-    gw.metrics.jobs_submitted.labels(engine, outcome).inc()
+    gw.metrics.jobs_submitted.labels(labels["engine"], outcome).inc()
     return submitted
+
+
+async def _accept(
+    gw: Gateway, request: SubmitRequest, place: UploadPlace, labels: dict[str, str]
+) -> Submitted:
+    """Read the form under the upload's deadlines, check it, then store and queue it."""
+    settings = gw.settings
+    await run_sync(check_capacity, gw.redis, gw.queues, settings, request.tenant)
+    async with aclosing(gw.uploads.body(place, request.body)) as body:
+        upload = await read_upload(request.content_type, body, settings.max_upload_bytes)
+    params = UpscaleParams.parse(upload.fields)
+    if params.webhook_url is not None:  # refused now, not after the job ran
+        await run_sync(gw.notifier.dispatcher.policy.resolve, str(params.webhook_url))
+    runs_on, labels["engine"] = await run_sync(_resolve_engine, gw, params.engine)
+    info = await inspect_image(upload.image, params, settings)
+    return await run_sync(_store_and_enqueue, gw, request, upload, params, info, runs_on)
 
 
 def _resolve_engine(gw: Gateway, name: str) -> tuple[str, str]:
@@ -132,11 +144,14 @@ def _store(
     stored_key: str,
     engine: str,
 ) -> None:
-    """The input object, the ownership record, then the RQ job, on ``engine``'s queue."""
+    """The input object, then in one transaction the ownership record, the RQ job on
+    ``engine``'s queue and the Idempotency-Key kept for the retention: a Redis that fails
+    mid-way leaves all three or none, never a queued job whose key lapses (and so runs
+    again on a retry) or a kept key without its job."""
+    settings = gw.settings
     output_format = params.output_format or default_output_format(info.format)
     gw.storage.put(stored_key, upload.image, content_type_for(info.format))
     created_at = datetime.now(UTC).isoformat()
-    save_record(gw.redis, gw.settings, job_id, JobRecord(request.tenant, created_at))
     payload = JobPayload(
         job_id=job_id,
         tenant=request.tenant,
@@ -146,17 +161,21 @@ def _store(
         input=info.model_dump(),
         created_at=created_at,
     )
-    enqueue_upscale(gw.queues, payload)
+    with gw.redis.pipeline(transaction=True) as pipe:
+        pipe.multi()  # RQ queues its writes into this transaction instead of its own
+        save_record(pipe, settings, job_id, JobRecord(request.tenant, created_at))
+        enqueue_upscale(gw.queues, payload, pipeline=pipe)
+        if request.idempotency_key is not None:
+            idempotency.keep(pipe, request.tenant, request.idempotency_key, settings.result_ttl_s)
+        pipe.execute()
 
 
 def _confirm(gw: Gateway, request: SubmitRequest, job_id: str) -> None:
-    """The job is queued: count it in flight, keep its Idempotency-Key for the retention, and
-    wait until Redis has it on disk (see :mod:`megasr.service.durability`); one pipeline."""
-    settings = gw.settings
+    """The job is queued: count it in flight and wait until Redis has it on disk (see
+    :mod:`megasr.service.durability`); WAITAOF goes in the same pipeline as the in-flight
+    write, on whose connection it waits, and the log's order covers the transaction before."""
     with gw.redis.pipeline(transaction=False) as pipe:
-        track_in_flight(pipe, settings, request.tenant, job_id)
-        if request.idempotency_key is not None:
-            idempotency.keep(pipe, request.tenant, request.idempotency_key, settings.result_ttl_s)
+        track_in_flight(pipe, gw.settings, request.tenant, job_id)
         waited = gw.durability.wait_in(gw.redis, pipe)
         replies = pipe.execute(raise_on_error=False)
     if waited:
