@@ -31,7 +31,7 @@ MAX_FIELD_BYTES = 16 * 1024
 SPOOL_IN_MEMORY_BYTES = 1024 * 1024
 # Room for the text fields and part headers on top of the image itself.
 FORM_OVERHEAD_BYTES = MAX_FIELDS * MAX_FIELD_BYTES + 64 * 1024
-# Bytes read after the chunk that held the closing boundary before the body is refused.
+# Bytes after the closing boundary (an epilogue) read before the body is refused.
 MAX_EPILOGUE_BYTES = 1024
 # RFC 2046 section 5.1.1: 1 to 70 of these characters, the last one not a space.
 MAX_BOUNDARY_LENGTH = 70
@@ -73,6 +73,7 @@ async def read_upload(
     boundary = form_boundary(content_type)
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES) as spool:
         form = _FormCollector(max_image_bytes, spool)
+        close = _ClosingDelimiter(boundary)
         try:
             parser = MultipartParser(boundary, form.callbacks())
             async for chunk in chunks:
@@ -80,6 +81,9 @@ async def read_upload(
                     form.count_epilogue(len(chunk))
                     continue
                 parser.write(chunk)  # the callbacks raise as soon as a limit is passed
+                if form.ended:
+                    form.count_epilogue(close.bytes_after(chunk))
+                close.remember(chunk)
         except FormParserError as exc:
             raise MalformedRequestError(f"malformed multipart body: {exc}") from exc
         if not form.ended:
@@ -108,6 +112,24 @@ def form_boundary(content_type: str | None) -> bytes:
             "(letters, digits, '()+_,-./:=? and inner spaces only)"
         )
     return boundary
+
+
+class _ClosingDelimiter:
+    """Finds how much of the chunk that ended the form comes after its closing delimiter.
+
+    The first ``CRLF--boundary--`` of a body is its close (part data cannot hold one: it
+    would have ended the part), so no more than the last chunk's tail needs keeping."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self.marker = b"\r\n--" + boundary + b"--"
+        self.tail = b"\r\n"  # a body may open with its close (a form with no parts)
+
+    def remember(self, chunk: bytes) -> None:
+        self.tail = (self.tail + chunk)[-len(self.marker) :]
+
+    def bytes_after(self, chunk: bytes) -> int:
+        data = self.tail + chunk
+        return len(data) - (data.find(self.marker) + len(self.marker))
 
 
 class _FormCollector:

@@ -32,6 +32,7 @@ import contextlib
 import io
 import json
 import os
+import select
 import socket
 import string
 import time
@@ -274,8 +275,9 @@ FAMILIES = (
 
 @st.composite
 def cases(draw: st.DrawFn, image: bytes) -> Case:
-    """A valid upload with up to three families of mutations (none: it must be accepted)."""
-    families = set(draw(st.lists(st.sampled_from(FAMILIES), max_size=3, unique=True)))
+    """A valid upload with up to three families of mutations ("valid" alone: none)."""
+    drawn = st.lists(st.sampled_from(("valid", *FAMILIES)), min_size=1, max_size=3, unique=True)
+    families = set(draw(drawn))
     tags: list[str] = []
     boundary = draw(boundaries()) if "boundary" in families else b"fuzz-b0undary"
     parts = [
@@ -406,48 +408,83 @@ class Answer:
     body: bytes = b""
     seconds: float = 0.0
     note: str = ""
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    closed: bool | None = None  # the gateway closed the connection after it (when checked)
 
 
 def send(port: int, case: Case, timeout_s: float) -> Answer:
-    """Send ``case`` on a new connection; read the first answer (h11 parses it)."""
+    """Send ``case`` on a new connection; read the first answer."""
     started = time.monotonic()
-    client = h11.Connection(h11.CLIENT)
-    # Tell h11 a request went out (the real bytes are the case's own), so it reads the answer.
-    client.send(h11.Request(method="POST", target="/", headers=[("Host", "x"), *_CHUNKED]))
     with socket.create_connection((LOOPBACK, port), timeout=timeout_s) as sock:
         with contextlib.suppress(OSError):  # closed early (a refusal): its answer may be there
             sock.sendall(case.request())
-        status, content_type, body = None, b"", bytearray()
-        deadline = started + timeout_s
-        while True:
+        return read_answer(sock, started + timeout_s, started)
+
+
+def trickle(port: int, head: bytes, interval_s: float, timeout_s: float) -> Answer:
+    """Send ``head``, then one byte every ``interval_s`` (a slow client) until an answer comes
+    or the connection closes; the answer, with ``closed`` telling whether the gateway then
+    closed the connection."""
+    started = time.monotonic()
+    with socket.create_connection((LOOPBACK, port), timeout=timeout_s) as sock:
+        sock.sendall(head)
+        while not select.select([sock], [], [], interval_s)[0]:
+            if time.monotonic() - started > timeout_s:
+                return Answer(None, note="hang", seconds=time.monotonic() - started)
             try:
-                event = client.next_event()
-            except h11.RemoteProtocolError as error:
-                return Answer(None, note=f"bad answer: {error}")
-            if event is h11.NEED_DATA:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return Answer(status, note="hang", seconds=time.monotonic() - started)
-                sock.settimeout(remaining)
-                try:
-                    data = sock.recv(65536)
-                except TimeoutError:
-                    return Answer(status, note="hang", seconds=time.monotonic() - started)
-                except OSError:
-                    data = b""
-                client.receive_data(data)
-                continue
-            if isinstance(event, h11.InformationalResponse):
-                continue
-            if isinstance(event, h11.Response):
-                status = event.status_code
-                content_type = dict(event.headers).get(b"content-type", b"")
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                return Answer(status, content_type, bytes(body), time.monotonic() - started)
-            elif isinstance(event, h11.ConnectionClosed):
-                return Answer(status, note="closed without an answer")
+                sock.sendall(b"x")
+            except OSError:
+                break
+        answer = read_answer(sock, started + timeout_s, started)
+        answer.closed = closed_by_peer(sock)
+        return answer
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the other end closes ``sock`` (within :data:`ANSWER_MARGIN_S`)."""
+    sock.settimeout(ANSWER_MARGIN_S)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def read_answer(sock: socket.socket, deadline: float, started: float) -> Answer:
+    """The first HTTP answer on ``sock`` (h11 parses it), or why there is none by
+    ``deadline``."""
+    client = h11.Connection(h11.CLIENT)
+    # Tell h11 a request went out (the real bytes were the caller's), so it reads the answer.
+    client.send(h11.Request(method="POST", target="/", headers=[("Host", "x"), *_CHUNKED]))
+    status, headers, body = None, {}, bytearray()
+    while True:
+        try:
+            event = client.next_event()
+        except h11.RemoteProtocolError as error:
+            return Answer(None, note=f"bad answer: {error}")
+        if event is h11.NEED_DATA:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return Answer(status, note="hang", seconds=time.monotonic() - started)
+            sock.settimeout(remaining)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                return Answer(status, note="hang", seconds=time.monotonic() - started)
+            except OSError:
+                data = b""
+            client.receive_data(data)
+        elif isinstance(event, h11.Response):
+            status, headers = event.status_code, dict(event.headers)
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            content_type = headers.get(b"content-type", b"")
+            seconds = time.monotonic() - started
+            return Answer(status, content_type, bytes(body), seconds, headers=headers)
+        elif isinstance(event, h11.ConnectionClosed):
+            return Answer(status, note="closed without an answer")
 
 
 def problems(case: Case, answer: Answer, objects: Path) -> list[str]:
