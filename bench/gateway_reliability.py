@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import os
 import subprocess
@@ -248,29 +249,63 @@ def large_png(side: int = CAP_PNG_SIDE) -> bytes:
     return buffer.getvalue()
 
 
-async def upload_until_accepted(url: str, data: bytes, count: int) -> Counter:
-    """``count`` concurrent uploads, each sent again after a 503 (its Retry-After) or a
-    connection the gateway closed on it, until accepted; the answers, counted."""
+async def upload_until_accepted(port: int, data: bytes, count: int) -> Counter:
+    """``count`` concurrent uploads of ``data``, each sent again after a 503 (its
+    Retry-After) or a connection the gateway closed on it, until accepted; the answers.
+
+    Raw streams over one shared request buffer, written a MiB at a time and stopped as soon
+    as an answer comes: the clients' own memory stays small, and a refused upload costs the
+    gateway only what it reads before refusing."""
+    boundary = b"cap-b0undary"
+    body = b"".join(
+        [
+            b"--" + boundary + b'\r\nContent-Disposition: form-data; name="image"; '
+            b'filename="large.png"\r\nContent-Type: image/png\r\n\r\n',
+            data,
+            b"\r\n--" + boundary + b"--\r\n",
+        ]
+    )
+    head = (
+        b"POST /v1/upscale HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: multipart/form-data; boundary=" + boundary + b"\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
     answers: Counter = Counter()
-    limits = httpx.Limits(max_connections=count)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
 
-        async def upload() -> None:
-            for _ in range(CAP_ATTEMPTS):
-                try:
-                    response = await client.post(
-                        "/v1/upscale", files={"image": ("large.png", data, "image/png")}
-                    )
-                except httpx.TransportError:
-                    answers["closed mid-upload"] += 1
-                    await asyncio.sleep(1.0)
-                    continue
-                answers[response.status_code] += 1
-                if response.status_code != 503:
+    async def once() -> tuple[str, float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answer = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
+        try:
+            await send_until_answered(writer, answer)
+            head_lines = (await asyncio.wait_for(answer, 5)).decode("latin-1").split("\r\n")
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            return "closed mid-upload", 1.0
+        finally:
+            answer.cancel()
+            writer.close()
+        status = head_lines[0].split(" ")[1]
+        fields = dict(line.lower().split(": ", 1) for line in head_lines[1:] if ": " in line)
+        return status, float(fields.get("retry-after", "1"))
+
+    async def send_until_answered(writer: asyncio.StreamWriter, answer: asyncio.Future) -> None:
+        with contextlib.suppress(OSError):  # closed on us mid-upload: the answer may be there
+            writer.write(head)
+            view = memoryview(body)
+            for start in range(0, len(body), MEBI):
+                if answer.done():
                     return
-                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                writer.write(view[start : start + MEBI])
+                await writer.drain()
 
-        await asyncio.gather(*(upload() for _ in range(count)))
+    async def upload() -> None:
+        for _ in range(CAP_ATTEMPTS):
+            status, retry_after_s = await once()
+            answers[status] += 1
+            if status not in ("503", "closed mid-upload"):
+                return
+            await asyncio.sleep(retry_after_s)
+
+    await asyncio.gather(*(upload() for _ in range(count)))
     return answers
 
 
@@ -303,7 +338,7 @@ def measure_upload_cap(root: Path, factor: int) -> list[str]:
                 asyncio.run(post_concurrently(gateway.url, photo_crops(1, 64)[0], 1))  # warm
                 idle, _ = peak_rss_mib(gateway.process.pid)
                 started = time.perf_counter()
-                answers = asyncio.run(upload_until_accepted(gateway.url, data, uploads))
+                answers = asyncio.run(upload_until_accepted(gateway.port, data, uploads))
                 took = time.perf_counter() - started
                 _, peak = peak_rss_mib(gateway.process.pid)
             rows.append((label, uploads, idle, peak, answers, took))

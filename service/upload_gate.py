@@ -11,8 +11,9 @@ The body must arrive within ``upload_timeout_s`` of admission, with no pause lon
 ``upload_idle_timeout_s``; past either the upload is cut (408). A client that trickles its
 body can so hold a place for the upload deadline at most. So that such clients cannot keep
 everyone else out for that long, an upload that arrives when every place is taken may take
-the place of one that is *doomed*: at the rate it has come so far (measured over at least
-:data:`RATE_WINDOW_S`), it cannot end before its deadline, and would be cut then anyway.
+the place of one that is *doomed*: at the rate its body has come so far (measured over
+:data:`RATE_WINDOW_S` at least) it would need well over the time it has left, so it would be
+cut at its deadline anyway.
 
 Everything here runs on the event loop's thread, so the counts need no lock.
 """
@@ -31,8 +32,11 @@ from megasr.errors import RequestTimeoutError, ServiceUnavailableError
 from megasr.service.prometheus import GatewayMetrics
 from megasr.settings import Settings
 
-# A rate measured over less than this says little: a younger upload is never doomed.
+# A rate measured over less than this says little: an upload read for less is never doomed.
 RATE_WINDOW_S = 1.0
+# Doomed: at its rate so far it would need this many times the time it has left. Not 1: a
+# gateway short of CPU reads every upload slower than it comes, and must not evict for that.
+DOOMED_FACTOR = 2.0
 
 
 @dataclass(eq=False)
@@ -40,33 +44,38 @@ class Upload:
     """One admitted upload: what it reserved, what it has received, and its deadline."""
 
     declared: int | None
-    started: float
     deadline: float
     reserved: int = 0
     received: int = 0
+    reading_since: float | None = None  # its body's first read (its rate's clock)
     reading: bool = True
     evicted: bool = False
     _wait: anyio.CancelScope | None = field(default=None, repr=False)
 
     def doomed(self, now: float) -> bool:
-        """Still reading, with a declared length it cannot reach before its deadline at the
-        rate it has come so far (measured over at least :data:`RATE_WINDOW_S`)."""
-        if not self.reading or self.declared is None or now - self.started < RATE_WINDOW_S:
+        """Still reading a declared length that, at the rate it has come so far (measured
+        over :data:`RATE_WINDOW_S` at least), needs more than :data:`DOOMED_FACTOR` times
+        the time left before its deadline."""
+        since = self.reading_since
+        if not self.reading or self.declared is None or since is None:
             return False
-        return self.finish_s(now) > self.deadline
+        if now - since < RATE_WINDOW_S:
+            return False
+        return self.finish_s(now) - now > DOOMED_FACTOR * (self.deadline - now)
 
     def finish_s(self, now: float) -> float:
         """When its declared body will have come at its rate so far (inf: nothing yet)."""
-        if not self.received or self.declared is None:
+        if not self.received or self.declared is None or self.reading_since is None:
             return math.inf
-        return self.started + self.declared * (now - self.started) / self.received
+        return self.reading_since + self.declared * (now - self.reading_since) / self.received
 
     def frees_by(self, now: float) -> float:
         """When its place is free at the latest, or may be taken if it turns out doomed."""
         if not self.reading:
             return now  # storing: done in moments
-        if self.declared is not None and now - self.started < RATE_WINDOW_S:
-            return self.started + RATE_WINDOW_S
+        start = self.reading_since if self.reading_since is not None else now
+        if self.declared is not None and now < start + RATE_WINDOW_S:
+            return start + RATE_WINDOW_S  # judged then
         return self.deadline
 
 
@@ -93,7 +102,7 @@ class UploadGate:
                 self.metrics.uploads_refused.labels("busy").inc()
                 raise self._busy(now)
             self._evict(victim)
-        upload = Upload(declared_length, now, now + self.timeout_s, reserved=need)
+        upload = Upload(declared_length, now + self.timeout_s, reserved=need)
         self._add(upload)
         try:
             yield upload
@@ -103,6 +112,7 @@ class UploadGate:
     async def body(self, upload: Upload, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """``chunks`` under ``upload``'s deadlines; a chunked body reserves as it comes."""
         iterator = chunks.__aiter__()
+        upload.reading_since = time.monotonic()
         while True:
             chunk = await self._next(upload, iterator)
             if upload.evicted:  # evicted while the chunk was on its way
