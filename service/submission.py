@@ -1,16 +1,16 @@
 """``POST /v1/upscale``: from a streamed form to a queued job.
 
-Cheap refusals come first (declared length, rate and capacity limits), then the body is
-read under its limit, the fields and the image are checked, and only then is anything
-written: the input object, the ownership record, the RQ job. A failure after the
-Idempotency-Key was claimed releases the claim and the stored input.
+Cheap refusals come first (declared length, this process's upload caps, rate and capacity
+limits), then the body is read under its limit and deadlines, the fields and the image are
+checked, and only then is anything written: the input object, then in one Redis transaction
+the ownership record, the RQ job and the kept Idempotency-Key. A failure after the key was
+claimed releases the claim and the stored input.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -48,34 +48,34 @@ class SubmitRequest:
 
 async def submit(gw: Gateway, request: SubmitRequest) -> Submitted:
     """Check, store and queue one upscale; counts the outcome in the metrics."""
-    labels = {"engine": "unknown"}
+    engine = "unknown"
     try:
-        declared = check_declared_length(request.content_length, gw.settings.max_upload_bytes)
-        # The upload's place is held until it is stored: its bytes are in memory until then.
+        settings = gw.settings
+        declared = check_declared_length(request.content_length, settings.max_upload_bytes)
+        # The upload keeps its place until it is stored: its bytes are in memory until then.
         with gw.uploads.admit(declared) as place:
-            submitted = await _accept(gw, request, place, labels)
+            await run_sync(check_capacity, gw.redis, gw.queues, settings, request.tenant)
+            upload = await _read_form(gw, request, place)
+            params = UpscaleParams.parse(upload.fields)
+            if params.webhook_url is not None:  # refused now, not after the job ran
+                await run_sync(gw.notifier.dispatcher.policy.resolve, str(params.webhook_url))
+            runs_on, engine = await run_sync(_resolve_engine, gw, params.engine)
+            info = await inspect_image(upload.image, params, settings)
+            submitted = await run_sync(
+                _store_and_enqueue, gw, request, upload, params, info, runs_on
+            )
     except MegaSRError as error:
-        gw.metrics.jobs_submitted.labels(labels["engine"], _outcome(error)).inc()
+        gw.metrics.jobs_submitted.labels(engine, _outcome(error)).inc()
         raise
     outcome = "replayed" if submitted.replayed else "accepted"
-    gw.metrics.jobs_submitted.labels(labels["engine"], outcome).inc()
+    gw.metrics.jobs_submitted.labels(engine, outcome).inc()
     return submitted
 
 
-async def _accept(
-    gw: Gateway, request: SubmitRequest, place: UploadPlace, labels: dict[str, str]
-) -> Submitted:
-    """Read the form under the upload's deadlines, check it, then store and queue it."""
-    settings = gw.settings
-    await run_sync(check_capacity, gw.redis, gw.queues, settings, request.tenant)
-    async with aclosing(gw.uploads.body(place, request.body)) as body:
-        upload = await read_upload(request.content_type, body, settings.max_upload_bytes)
-    params = UpscaleParams.parse(upload.fields)
-    if params.webhook_url is not None:  # refused now, not after the job ran
-        await run_sync(gw.notifier.dispatcher.policy.resolve, str(params.webhook_url))
-    runs_on, labels["engine"] = await run_sync(_resolve_engine, gw, params.engine)
-    info = await inspect_image(upload.image, params, settings)
-    return await run_sync(_store_and_enqueue, gw, request, upload, params, info, runs_on)
+async def _read_form(gw: Gateway, request: SubmitRequest, place: UploadPlace) -> Upload:
+    """The form, read under the upload's deadlines and byte reservation."""
+    async with contextlib.aclosing(gw.uploads.body(place, request.body)) as body:
+        return await read_upload(request.content_type, body, gw.settings.max_upload_bytes)
 
 
 def _resolve_engine(gw: Gateway, name: str) -> tuple[str, str]:
