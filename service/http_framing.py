@@ -18,6 +18,7 @@ the answer.
 from __future__ import annotations
 
 import anyio
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from megasr.errors import MalformedRequestError
@@ -25,7 +26,6 @@ from megasr.service.problems import error_response
 
 DRAIN_BYTES = 256 * 1024
 DRAIN_S = 0.5
-CLOSE = (b"connection", b"close")
 
 
 class RequestFraming:
@@ -49,7 +49,7 @@ class RequestFraming:
                 if message["status"] != 408:
                     await body.drain()
                 if not body.done:
-                    message = {**message, "headers": [*message.get("headers", []), CLOSE]}
+                    MutableHeaders(scope=message).append("Connection", "close")
             await send(message)
 
         await self.app(scope, body.receive, send_closing_unread)

@@ -46,7 +46,7 @@ from pathlib import Path
 import h11
 import numpy as np
 from hypothesis import strategies as st
-from loopback import LOOPBACK, ChildServer, free_port, gateway_command
+from loopback import LOOPBACK, ChildServer, free_port, gateway_command, service_env
 from PIL import Image
 
 # The gateway under fuzz: short deadlines, so a case that leaves its body unfinished costs
@@ -67,14 +67,7 @@ _CHUNKED = [("Transfer-Encoding", "chunked")]
 def fuzz_env(redis_url: str, data_dir: Path, queue: str) -> dict[str, str]:
     """A gateway child on one Redis with local storage, auth and tenant limits off."""
     return {
-        **os.environ,
-        "MEGASR_REDIS_URL": redis_url,
-        "MEGASR_DATA_DIR": str(data_dir),
-        "MEGASR_QUEUE_NAME": queue,
-        "MEGASR_AUTH_ENABLED": "false",
-        "MEGASR_RATE_LIMIT_PER_MINUTE": "0",
-        "MEGASR_MAX_JOBS_IN_FLIGHT": "0",
-        "MEGASR_MAX_QUEUE_DEPTH": "0",
+        **service_env(dict(os.environ), redis_url, data_dir, queue),
         "MEGASR_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
         "MEGASR_MAX_CONCURRENT_UPLOADS": "64",
         "MEGASR_UPLOAD_TIMEOUT_S": str(UPLOAD_TIMEOUT_S),
