@@ -19,6 +19,7 @@ from multipart_fuzz import Answer, closed_by_peer, read_answer, trickle
 from service_support import KEY_A, wait_until
 
 from megasr.client import Client
+from megasr.service.upload_gate import Upload
 
 BOUNDARY = "slow-b0undary"
 PROBLEM = b"application/problem+json"
@@ -192,3 +193,17 @@ def test_content_length_with_transfer_encoding_is_refused(gateway):
         in problem(answer, 400, "malformed-request")["detail"]
     )
     assert answer.closed
+
+
+def test_only_an_upload_that_cannot_end_in_time_gives_way():
+    upload = Upload(declared=1_000_000, deadline=100.0)
+    assert not upload.doomed(50.0)  # its body is not being read yet: no rate to judge
+    upload.reading_since, upload.received = 50.0, 10
+    assert not upload.doomed(50.5)  # a rate over half a second says little
+    assert upload.doomed(51.0)  # 10 B/s: a day to go, 49 s left
+    upload.received = 20_000  # 20 kB/s: 49 s to go, 49 s left; a busy gateway may be why
+    assert not upload.doomed(51.0)
+    upload.reading = False  # read whole, being stored
+    upload.received = 10
+    assert not upload.doomed(51.0)
+    assert not Upload(declared=None, deadline=100.0, reading_since=0.0).doomed(99.0)  # chunked
