@@ -85,6 +85,8 @@ def report(tally: Tally, seconds: float, cpu: list[float], alive: bool) -> list[
         f"slowest answer {tally.slowest_s:.2f} s; gateway alive at the end: {alive}",
         "",
         f"- failures: {len(tally.failures)}; 5xx: {five}; hangs: {hangs}",
+        "- failures by kind: "
+        + ", ".join(f"{k}: {v}" for k, v in tally.failure_kinds.most_common()),
         "- answers: " + ", ".join(f"{k}: {v}" for k, v in sorted(tally.statuses.items(), key=str)),
         "- refusals by problem type: "
         + ", ".join(f"{k}: {v}" for k, v in tally.kinds.most_common()),

@@ -271,7 +271,7 @@ def cases(draw: st.DrawFn, image: bytes) -> Case:
     """A valid upload with up to three families of mutations ("valid" alone: none)."""
     drawn = st.lists(st.sampled_from(("valid", *FAMILIES)), min_size=1, max_size=3, unique=True)
     families = set(draw(drawn))
-    tags: list[str] = []
+    tags: list[str] = ["unmutated"] if families == {"valid"} else []
     boundary = draw(boundaries()) if "boundary" in families else b"fuzz-b0undary"
     parts = [
         Part(b"image", image, b"photo.png", [b"Content-Type: image/png"]),
@@ -537,6 +537,7 @@ class Tally:
     tags: Counter = field(default_factory=Counter)
     server_refusals: int = 0
     failures: list[str] = field(default_factory=list)
+    failure_kinds: Counter = field(default_factory=Counter)
     slowest_s: float = 0.0
 
     def add(self, case: Case, answer: Answer, found: list[str]) -> None:
@@ -550,6 +551,7 @@ class Tally:
             elif _is_problem(answer):
                 self.kinds[json.loads(answer.body)["type"].rsplit(":", 1)[-1]] += 1
         for problem in found:
+            self.failure_kinds[problem.split(":")[0][:60]] += 1
             self.failures.append(f"{problem} <- {case.tags} {case.request()[:300]!r}")
 
 
