@@ -292,10 +292,14 @@ async def upload_until_accepted(port: int, data: bytes, count: int) -> Counter:
             writer.write(head)
             view = memoryview(body)
             for start in range(0, len(body), MEBI):
-                if answer.done():
-                    return
                 writer.write(view[start : start + MEBI])
-                await writer.drain()
+                drained = asyncio.ensure_future(writer.drain())
+                await asyncio.wait({drained, answer}, return_when=asyncio.FIRST_COMPLETED)
+                if not drained.done():  # answered (a 503) while the gateway reads no more
+                    drained.cancel()
+                    return
+                if drained.exception() is not None or answer.done():
+                    return
 
     async def upload() -> None:
         for _ in range(CAP_ATTEMPTS):

@@ -5,7 +5,7 @@ An upload is admitted before its body is read. It takes one of ``max_concurrent_
 places and reserves its declared ``Content-Length`` out of ``max_upload_bytes_in_flight``
 (a chunked body reserves as its bytes arrive); both are given back when the submission ends,
 stored or refused, since until then the image is in the gateway's memory. Past either cap
-the answer is 503 with a ``Retry-After`` that says when a place frees up at the latest.
+the answer is 503 with a ``Retry-After`` that says when a place is expected to free up.
 
 The body must arrive within ``upload_timeout_s`` of admission, with no pause longer than
 ``upload_idle_timeout_s``; past either the upload is cut (408). A client that trickles its
@@ -70,13 +70,16 @@ class Upload:
         return self.reading_since + self.declared * (now - self.reading_since) / self.received
 
     def frees_by(self, now: float) -> float:
-        """When its place is free at the latest, or may be taken if it turns out doomed."""
+        """When its place is expected to be free: when its body will have come at its rate so
+        far (or when that rate can first be judged), its deadline at the latest."""
         if not self.reading:
             return now  # storing: done in moments
         start = self.reading_since if self.reading_since is not None else now
-        if self.declared is not None and now < start + RATE_WINDOW_S:
-            return start + RATE_WINDOW_S  # judged then
-        return self.deadline
+        if self.declared is None:
+            return self.deadline
+        if now < start + RATE_WINDOW_S:
+            return start + RATE_WINDOW_S
+        return min(self.finish_s(now), self.deadline)
 
 
 class UploadGate:
@@ -184,7 +187,7 @@ class UploadGate:
             upload._wait.cancel()
 
     def _busy(self, now: float) -> ServiceUnavailableError:
-        """503; Retry-After is when some upload is cut at the latest, or judged doomed."""
+        """503; Retry-After is when the first place is expected to free (see frees_by)."""
         soonest = min((upload.frees_by(now) for upload in self.uploads), default=now)
         retry_s = max(1, math.ceil(soonest - now))
         return ServiceUnavailableError(

@@ -207,3 +207,12 @@ def test_only_an_upload_that_cannot_end_in_time_gives_way():
     upload.received = 10
     assert not upload.doomed(51.0)
     assert not Upload(declared=None, deadline=100.0, reading_since=0.0).doomed(99.0)  # chunked
+
+
+def test_retry_after_is_when_the_first_place_is_expected_to_free():
+    half_way = Upload(declared=1_000_000, deadline=100.0, reading_since=50.0, received=500_000)
+    assert half_way.frees_by(51.0) == pytest.approx(52.0)  # half in a second: one more to go
+    young = Upload(declared=1_000_000, deadline=100.0, reading_since=50.5, received=10)
+    assert young.frees_by(51.0) == 51.5  # its rate is judged then
+    slow = Upload(declared=1_000_000, deadline=100.0, reading_since=0.0, received=10)
+    assert slow.frees_by(51.0) == 100.0  # its deadline at the latest
