@@ -62,6 +62,7 @@ LARGE_SIDE = (7700, 5190)  # 39.96 MP, under the default 40 MP limit
 SECTIONS = ("submits", "memory", "upload-cap", "slow-clients")
 CAP_PNG_SIDE = 4096
 CAP_ATTEMPTS = 200  # an upload is sent at most this often before the bench gives up on it
+ANSWER_TIMEOUT_S = 600.0
 UNCAPPED_UPLOADS = 24
 # The stated bound on the gateway's memory: what it holds idle, plus each reserved byte once
 # (the image, read from its spool to be checked and stored) with room for copies in flight,
@@ -277,7 +278,9 @@ async def upload_until_accepted(port: int, data: bytes, count: int) -> Counter:
         answer = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
         try:
             await send_until_answered(writer, answer)
-            head_lines = (await asyncio.wait_for(answer, 5)).decode("latin-1").split("\r\n")
+            # Checking and storing 48 MiB takes a while on a busy machine: wait it out.
+            answered = await asyncio.wait_for(answer, ANSWER_TIMEOUT_S)
+            head_lines = answered.decode("latin-1").split("\r\n")
         except (OSError, asyncio.IncompleteReadError, TimeoutError):
             return "closed mid-upload", 1.0
         finally:
