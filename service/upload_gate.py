@@ -50,7 +50,7 @@ class Upload:
     reading_since: float | None = None  # its body's first read (its rate's clock)
     reading: bool = True
     evicted: bool = False
-    _wait: anyio.CancelScope | None = field(default=None, repr=False)
+    wait_scope: anyio.CancelScope | None = field(default=None, repr=False)  # set while waiting
 
     def doomed(self, now: float) -> bool:
         """Still reading a declared length that, at the rate it has come so far (measured
@@ -134,23 +134,21 @@ class UploadGate:
             raise self._cut(upload)
         wait_s = min(self.idle_timeout_s, upload.deadline - time.monotonic())
         with anyio.move_on_after(max(wait_s, 0)) as scope:
-            upload._wait = scope
+            upload.wait_scope = scope
             try:
                 return await iterator.__anext__()
             except StopAsyncIteration:
                 return None
             finally:
-                upload._wait = None
+                upload.wait_scope = None
         raise self._cut(upload)
 
     def _cut(self, upload: Upload) -> RequestTimeoutError:
         if upload.evicted:
-            reason, detail = (
-                "evicted",
-                (
-                    "the upload came too slowly to end before its deadline of "
-                    f"{self.timeout_s:g} s, and the gateway needed its place"
-                ),
+            reason = "evicted"
+            detail = (
+                f"the upload came too slowly to end before its {self.timeout_s:g} s deadline, "
+                "and the gateway needed its place"
             )
         elif time.monotonic() >= upload.deadline:
             reason = "timeout"
@@ -183,8 +181,8 @@ class UploadGate:
         """Give ``upload``'s place away now; its reader is cut (408) at once."""
         upload.evicted = True
         self._remove(upload)
-        if upload._wait is not None:
-            upload._wait.cancel()
+        if upload.wait_scope is not None:
+            upload.wait_scope.cancel()
 
     def _busy(self, now: float) -> ServiceUnavailableError:
         """503; Retry-After is when the first place is expected to free (see frees_by)."""
