@@ -166,3 +166,16 @@ def test_the_epilogue_is_counted_from_the_closing_boundary_in_one_chunk():
         parse([form + b"e" * (MAX_EPILOGUE_BYTES + 1)])
     upload, _ = parse([form + b"e" * (MAX_EPILOGUE_BYTES - len("\r\n"))])
     assert upload.filename == "a.png"
+
+
+def test_a_body_cut_anywhere_before_its_close_is_never_used():
+    """Every prefix of a form that stops short of its closing boundary is refused, each
+    with a 4xx; none gives an upload back."""
+    body = part("scale", b"2") + part("image", b"\x89PNG-bytes", "a.png") + END
+    close_end = body.index(END) + len(END) - len("\r\n")
+    for cut in range(close_end):
+        with pytest.raises((MalformedRequestError, InvalidParameterError)) as refused:
+            parse([body[:cut]])
+        assert 400 <= refused.value.status < 500, cut
+    upload, _ = parse([body[:close_end]])  # from the closing delimiter on: whole
+    assert upload.fields == {"scale": "2"}
