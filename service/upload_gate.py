@@ -5,7 +5,9 @@ An upload is admitted before its body is read. It takes one of ``max_concurrent_
 places and reserves its declared ``Content-Length`` out of ``max_upload_bytes_in_flight``
 (a chunked body reserves as its bytes arrive); both are given back when the submission ends,
 stored or refused, since until then the image is in the gateway's memory. Past either cap
-the answer is 503 with a ``Retry-After`` that says when a place is expected to free up.
+the answer is 503 with a ``Retry-After`` that says when the upload is expected to fit: the
+uploads held end (or become doomed, below) at their rates so far, soonest first, until both a
+place and the bytes are free.
 
 The body must arrive within ``upload_timeout_s`` of admission, with no pause longer than
 ``upload_idle_timeout_s``; past either the upload is cut (408). A client that trickles its
@@ -71,15 +73,19 @@ class Upload:
 
     def frees_by(self, now: float) -> float:
         """When its place is expected to be free: when its body will have come at its rate so
-        far (or when that rate can first be judged), its deadline at the latest."""
+        far if that is before its deadline; otherwise when that rate first makes it doomed (a
+        newcomer may take its place then); its deadline at the latest, now at the earliest."""
         if not self.reading:
             return now  # storing: done in moments
-        start = self.reading_since if self.reading_since is not None else now
         if self.declared is None:
-            return self.deadline
-        if now < start + RATE_WINDOW_S:
-            return start + RATE_WINDOW_S
-        return min(self.finish_s(now), self.deadline)
+            return self.deadline  # chunked: no end to estimate, and never doomed
+        since = self.reading_since if self.reading_since is not None else now
+        finish = self.finish_s(now)
+        if finish <= self.deadline:
+            return max(finish, now)
+        # doomed once finish - t > DOOMED_FACTOR * (deadline - t), and judged after the window
+        doomed_at = (DOOMED_FACTOR * self.deadline - finish) / (DOOMED_FACTOR - 1)
+        return min(max(doomed_at, since + RATE_WINDOW_S, now), self.deadline)
 
 
 class UploadGate:
@@ -99,11 +105,11 @@ class UploadGate:
         """Hold a place (and the declared bytes) for one upload until the block ends."""
         now = time.monotonic()
         need = declared_length or 0
-        while not self._fits(need):
+        while not self._room(len(self.uploads), self.reserved, need):
             victim = self._most_doomed(now)
             if victim is None:
                 self.metrics.uploads_refused.labels("busy").inc()
-                raise self._busy(now)
+                raise self._busy(now, need)
             self._evict(victim)
         upload = Upload(declared_length, now + self.timeout_s, reserved=need)
         self._add(upload)
@@ -159,16 +165,32 @@ class UploadGate:
         self.metrics.uploads_refused.labels(reason).inc()
         return RequestTimeoutError(detail)
 
-    def _fits(self, need: int) -> bool:
-        if len(self.uploads) >= self.max_uploads:
-            return False
-        # One upload alone always fits, so a cap under the upload limit cannot refuse all.
-        return not self.uploads or self.reserved + need <= self.max_bytes
+    def fits_by(self, now: float, need: int, excluding: Upload | None = None) -> float:
+        """When an upload of ``need`` bytes is expected to fit beside the others (all but
+        ``excluding``): they free in the order :meth:`Upload.frees_by` expects, until there are
+        both a place and the bytes; the Retry-After of a 503."""
+        held = sorted(
+            (upload.frees_by(now), upload.reserved)
+            for upload in self.uploads
+            if upload is not excluding
+        )
+        count, reserved, when = len(held), sum(size for _, size in held), now
+        for frees, size in held:
+            if self._room(count, reserved, need):
+                break
+            count, reserved, when = count - 1, reserved - size, frees
+        return when
+
+    def _room(self, count: int, reserved: int, need: int) -> bool:
+        """Whether an upload of ``need`` bytes fits beside ``count`` uploads holding
+        ``reserved``. One upload alone always fits, so a byte cap under the upload limit
+        cannot refuse all."""
+        return count < self.max_uploads and (not count or reserved + need <= self.max_bytes)
 
     def _grow(self, upload: Upload, extra: int) -> None:
         if self.uploads != {upload} and self.reserved + extra > self.max_bytes:
             self.metrics.uploads_refused.labels("busy").inc()
-            raise self._busy(time.monotonic())
+            raise self._busy(time.monotonic(), upload.reserved + extra, excluding=upload)
         upload.reserved += extra
         self.reserved += extra
         self.metrics.upload_bytes_in_flight.set(self.reserved)
@@ -184,10 +206,12 @@ class UploadGate:
         if upload.wait_scope is not None:
             upload.wait_scope.cancel()
 
-    def _busy(self, now: float) -> ServiceUnavailableError:
-        """503; Retry-After is when the first place is expected to free (see frees_by)."""
-        soonest = min((upload.frees_by(now) for upload in self.uploads), default=now)
-        retry_s = max(1, math.ceil(soonest - now))
+    def _busy(
+        self, now: float, need: int, excluding: Upload | None = None
+    ) -> ServiceUnavailableError:
+        """503; Retry-After is when the upload is expected to fit (:meth:`fits_by`), a second
+        at least and the upload deadline at most."""
+        retry_s = max(1, math.ceil(self.fits_by(now, need, excluding) - now))
         return ServiceUnavailableError(
             f"the gateway is reading {len(self.uploads)} uploads ({self.reserved} bytes), its "
             f"limit of {self.max_uploads} uploads or {self.max_bytes} bytes at once; retry in "
