@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import io
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,7 @@ from service_load import (
 from megasr.client import Client
 from megasr.embedded_redis import EmbeddedRedis
 from megasr.engine_status import ENGINES_KEY_PREFIX, EngineState, publish_engines, read_engines
+from megasr.errors import ServiceUnavailableError
 from megasr.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -70,6 +72,7 @@ UNCAPPED_UPLOADS = 24
 MEMORY_BOUND_FACTOR = 1.5
 MEMORY_BOUND_SLACK_MIB = 64
 TRICKLE_INTERVAL_S = 0.1
+SUBMIT_RETRIES = 5  # megasr.client.Client's default
 
 
 def submits_per_second(url: str, image: bytes, config: LoadConfig) -> float:
@@ -254,9 +257,12 @@ async def upload_until_accepted(port: int, data: bytes, count: int) -> Counter:
     """``count`` concurrent uploads of ``data``, each sent again after a 503 (its
     Retry-After) or a connection the gateway closed on it, until accepted; the answers.
 
-    Raw streams over one shared request buffer, written a MiB at a time and stopped as soon
-    as an answer comes: the clients' own memory stays small, and a refused upload costs the
-    gateway only what it reads before refusing."""
+    Plain non-blocking sockets over one shared request buffer, written a MiB at a time and
+    stopped as soon as an answer comes: the clients' own memory stays small, and a refused
+    upload costs the gateway only what it reads before refusing. Not asyncio's streams: a
+    write that fails (the gateway answered, closed, and the unread bytes reset the connection)
+    closes a stream's transport before it reads the answer the kernel already holds, so a 503
+    would be counted as a closed connection and sent again at once."""
     boundary = b"cap-b0undary"
     body = b"".join(
         [
@@ -266,43 +272,50 @@ async def upload_until_accepted(port: int, data: bytes, count: int) -> Counter:
             b"\r\n--" + boundary + b"--\r\n",
         ]
     )
-    head = (
+    request = memoryview(
         b"POST /v1/upscale HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Type: multipart/form-data; boundary=" + boundary + b"\r\n"
-        b"Content-Length: %d\r\n\r\n" % len(body)
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
     )
+    loop = asyncio.get_running_loop()
     answers: Counter = Counter()
 
     async def once() -> tuple[str, float]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        answer = asyncio.ensure_future(reader.readuntil(b"\r\n\r\n"))
-        try:
-            await send_until_answered(writer, answer)
-            # Checking and storing 48 MiB takes a while on a busy machine: wait it out.
-            answered = await asyncio.wait_for(answer, ANSWER_TIMEOUT_S)
-            head_lines = answered.decode("latin-1").split("\r\n")
-        except (OSError, asyncio.IncompleteReadError, TimeoutError):
-            return "closed mid-upload", 1.0
-        finally:
-            answer.cancel()
-            writer.close()
+        with socket.socket() as sock:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            answer = asyncio.ensure_future(read_head(sock))
+            try:
+                await send_until_answered(sock, answer)
+                # Checking and storing 48 MiB takes a while on a busy machine: wait it out.
+                head_lines = (await asyncio.wait_for(answer, ANSWER_TIMEOUT_S)).split("\r\n")
+            except (OSError, TimeoutError):
+                return "closed mid-upload", 1.0
+            finally:
+                await settle(answer)
         status = head_lines[0].split(" ")[1]
         fields = dict(line.lower().split(": ", 1) for line in head_lines[1:] if ": " in line)
         return status, float(fields.get("retry-after", "1"))
 
-    async def send_until_answered(writer: asyncio.StreamWriter, answer: asyncio.Future) -> None:
-        with contextlib.suppress(OSError):  # closed on us mid-upload: the answer may be there
-            writer.write(head)
-            view = memoryview(body)
-            for start in range(0, len(body), MEBI):
-                writer.write(view[start : start + MEBI])
-                drained = asyncio.ensure_future(writer.drain())
-                await asyncio.wait({drained, answer}, return_when=asyncio.FIRST_COMPLETED)
-                if not drained.done():  # answered (a 503) while the gateway reads no more
-                    drained.cancel()
-                    return
-                if drained.exception() is not None or answer.done():
-                    return
+    async def read_head(sock: socket.socket) -> str:
+        """The answer's status line and headers; OSError if the connection ends first."""
+        received = b""
+        while b"\r\n\r\n" not in received:
+            chunk = await loop.sock_recv(sock, 65536)
+            if not chunk:
+                raise ConnectionResetError("closed before an answer")
+            received += chunk
+        return received.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+
+    async def send_until_answered(sock: socket.socket, answer: asyncio.Future) -> None:
+        for start in range(0, len(request), MEBI):
+            sent = asyncio.ensure_future(loop.sock_sendall(sock, request[start : start + MEBI]))
+            await asyncio.wait({sent, answer}, return_when=asyncio.FIRST_COMPLETED)
+            if not sent.done():  # answered (a 503) while the gateway reads no more
+                await settle(sent)
+                return
+            if sent.exception() is not None or answer.done():  # closed on us: read the answer
+                return
 
     async def upload() -> None:
         for _ in range(CAP_ATTEMPTS):
@@ -314,6 +327,13 @@ async def upload_until_accepted(port: int, data: bytes, count: int) -> Counter:
 
     await asyncio.gather(*(upload() for _ in range(count)))
     return answers
+
+
+async def settle(future: asyncio.Future) -> None:
+    """Cancel ``future`` and wait until it has stopped using its socket (before it closes)."""
+    future.cancel()
+    with contextlib.suppress(asyncio.CancelledError, OSError):
+        await future
 
 
 def measure_upload_cap(root: Path, factor: int) -> list[str]:
@@ -399,6 +419,8 @@ async def trickle_forever(port: int, stop: asyncio.Event, cut: Counter) -> None:
             cut["reset"] += 1
         finally:
             writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()  # gone from the gateway before the next round
 
 
 def measure_slow_clients(root: Path, slow: int, submits: int, rounds: int) -> list[str]:
@@ -420,6 +442,7 @@ def measure_slow_clients(root: Path, slow: int, submits: int, rounds: int) -> li
                         if label != "alone":
                             _wait_for_uploads(gateway.url, cap)
                         latencies[label] += _timed_submits(gateway.url, image, submits, retries)
+                    _wait_for_uploads(gateway.url, 0)  # no slow upload left in the next round
     lines = [
         f"{rounds} alternating rounds of {submits} submits of a 64 px PNG, one after another, by "
         f"`megasr.client.Client` (it waits out a 503's Retry-After); upload cap {cap}; the slow "
@@ -437,7 +460,9 @@ def measure_slow_clients(root: Path, slow: int, submits: int, rounds: int) -> li
         )
     counted = ", ".join(f"{key}: {value}" for key, value in sorted(cut.items()))
     lines.append(
-        f"\nthe normal client's submits that met a 503 first: {retries['503']}; "
+        f"\nthe normal client's submits that waited out a 503 (or a lost connection): "
+        f"{retries['waited']}, {retries['waits']} waits in all; that it gave up on after "
+        f"{SUBMIT_RETRIES} retries: {retries['gave up']}; "
         f"the slow clients' connections ended by: {counted}"
     )
     return lines
@@ -466,7 +491,7 @@ def _slow_clients(port: int, count: int, cut: Counter) -> Iterator[None]:
 
 
 def _wait_for_uploads(url: str, count: int) -> None:
-    """Until the gateway reports ``count`` uploads in flight (every place taken)."""
+    """Until the gateway reports ``count`` uploads in flight (every place taken, or none)."""
 
     def full() -> bool:
         text = httpx.get(url + "/metrics", timeout=10).text
@@ -476,16 +501,26 @@ def _wait_for_uploads(url: str, count: int) -> None:
 
 
 def _timed_submits(url: str, image: bytes, count: int, retries: Counter) -> list[float]:
+    """Each submit's seconds, its retries included; ``retries`` counts the waits, the submits
+    that waited at least once and those the client gave up on (a 503 past its retries)."""
+    waits = 0
+
     def sleep(seconds: float) -> None:
-        retries["503"] += 1
+        nonlocal waits
+        waits += 1
         time.sleep(seconds)
 
     latencies = []
-    with Client(url, sleep=sleep) as client:
+    with Client(url, retries=SUBMIT_RETRIES, sleep=sleep) as client:
         for _ in range(count):
-            begun = time.perf_counter()
-            client.submit(image, scale=2)
+            waits, begun = 0, time.perf_counter()
+            try:
+                client.submit(image, scale=2)
+            except ServiceUnavailableError:
+                retries["gave up"] += 1
             latencies.append(time.perf_counter() - begun)
+            retries["waits"] += waits
+            retries["waited"] += bool(waits)
     return latencies
 
 
