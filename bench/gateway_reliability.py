@@ -12,11 +12,18 @@
   memory before. Beside it, a child process that does what the gateway used to do with each
   upload, a full decode to float32 (``decode_image``), as many at once as the machine has
   cores.
+- **The upload caps.** ``--cap-factor`` x the upload cap of 48 MiB PNGs at once, each sent
+  again after a 503 until accepted, to a gateway at its default caps and to one with the
+  caps lifted; each one's VmHWM against its idle RSS in the same run, and the stated bound.
+- **Slow clients.** A normal client's submit latency (p50/p90/p99) alone and beside
+  ``--slow`` clients that trickle their bodies and reconnect whenever cut, in ``--rounds``
+  alternating rounds of ``--slow-submits`` on one gateway at its default settings.
 
 Everything listens on 127.0.0.1 only and stops by itself.
 
-    .venv/bin/python bench/gateway_reliability.py [--requests 300] [--concurrency 4]
-        [--filler-keys 100000] [--uploads 8] [--rounds 3]
+    .venv/bin/python bench/gateway_reliability.py [--sections submits,memory,upload-cap,...]
+        [--requests 300] [--concurrency 4] [--filler-keys 100000] [--uploads 8] [--rounds 3]
+        [--cap-factor 4] [--slow 32] [--slow-submits 100]
 """
 
 from __future__ import annotations
