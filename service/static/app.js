@@ -3,7 +3,7 @@
 // API; no framework and no build step.
 
 import { ApiError, api, apiKey, setApiKey } from "./api.js";
-import { ProgressView, statusText } from "./progress.js";
+import { ProgressView } from "./progress.js";
 import { downloadName, forgetAll, remember, renderRecent } from "./recent.js";
 import { describeRequest, outputSize } from "./sizing.js";
 import { CompareViewer } from "./viewer.js";
@@ -11,6 +11,8 @@ import { CompareViewer } from "./viewer.js";
 const POLL_MS = 500;
 const ENGINE_REFRESH_MS = 3000; // while an engine is still loading
 const ENDED = ["failed", "canceled", "expired"];
+const TRANSIENT = [0, 429, 502, 503, 504]; // 0: no answer at all
+const POLL_ATTEMPTS = 8; // about a minute of trying before giving up
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -115,8 +117,9 @@ function showStage(which) {
   }
 }
 
-function showError(title, detail, { choose = false } = {}) {
+function showError(title, detail, { choose = false, neutral = false } = {}) {
   progress.stop();
+  $("error").classList.toggle("neutral", neutral);
   $("error-title").textContent = title;
   $("error-detail").textContent = detail;
   $("error-detail").hidden = !detail;
@@ -192,13 +195,31 @@ async function follow(job) {
       return showResult(job);
     }
     if (ENDED.includes(job.status)) return showEnd(job);
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-    job = await (await api(`/v1/jobs/${job.id}`)).json();
+    await sleep(POLL_MS);
+    job = await poll(job.id);
   }
 }
 
+// The job now; a lost connection, a busy gateway or the rate limit is waited out (the job
+// goes on without us), anything else ends the follow.
+async function poll(id) {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await (await api(`/v1/jobs/${id}`)).json();
+    } catch (error) {
+      if (!TRANSIENT.includes(error.status) || attempt >= POLL_ATTEMPTS) throw error;
+      progress.say("Connection lost; trying again…");
+      await sleep(Math.min(8000, POLL_MS * 2 ** attempt));
+    }
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 function showEnd(job) {
-  if (job.status === "canceled") return showError("Canceled", "The job was canceled; nothing was kept.");
+  if (job.status === "canceled") {
+    return showError("Canceled", "The job was canceled; nothing was kept.", { neutral: true });
+  }
   if (job.status === "expired") return showError("Expired", "This job and its result are gone.");
   const problem = job.error || {};
   const choose = problem.status >= 400 && problem.status < 500;
@@ -217,7 +238,6 @@ async function showResult(job) {
   resultInfo(job);
   remember(job, state.file.name);
   renderRecent($("recent-box"), $("recent-list"));
-  $("status").textContent = statusText(job);
   if (moveFocus) $("download").focus({ preventScroll: true });
   reveal($("result"));
 }
@@ -236,7 +256,7 @@ async function cancel() {
   try {
     await api(`/v1/jobs/${state.jobId}`, { method: "DELETE" });
   } catch (error) {
-    if (error.status !== 409) $("status").textContent = error.message; // 409: it just ended
+    if (error.status !== 409) progress.say(error.message); // 409: it just ended
   }
 }
 

@@ -44,9 +44,14 @@ export class ProgressView {
     const now = performance.now();
     this.reported = job.progress || 0;
     this.track(job.work, job.progress || 0, now);
-    this.el.status.textContent = statusText(job);
-    this.el.detail.textContent = job.work ? countText(job.work) : "";
-    this.el.eta.textContent = this.etaText(now);
+    this.say(statusText(job));
+    setText(this.el.detail, job.work ? countText(job.work) : "");
+    setText(this.el.eta, this.etaText(now));
+  }
+
+  // The status line (a live region: it is read out when it changes, so only then).
+  say(text) {
+    setText(this.el.status, text);
   }
 
   // Glide to 100 %; resolves when the bar is there.
@@ -141,7 +146,11 @@ export class ProgressView {
   }
 }
 
-export function statusText(job) {
+function setText(element, text) {
+  if (element.textContent !== text) element.textContent = text;
+}
+
+function statusText(job) {
   switch (job.status) {
     case "queued":
       if (job.queue_position > 0) {

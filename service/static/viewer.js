@@ -6,12 +6,14 @@
 // to the result's box, so a pixel of one lies over the same place in the other). In slider mode
 // the panes are stacked and the top one (before) is clipped at the split; side by side each
 // pane has half the width and the same transform. Wheel and pinch zoom around the pointer,
-// dragging pans, the keyboard does both when the viewer has focus.
+// dragging pans, the keyboard does both when the viewer has focus (at fit, in slider mode, the
+// left and right arrows move the split).
 
 const MAX_PIXEL_ZOOM = 8; // at most 8 screen pixels per output pixel
 const WHEEL_SPEED = 0.0015;
 const KEY_ZOOM = 1.25;
 const KEY_PAN = 0.1; // of the pane, per arrow key press
+const SPLIT_STEP = 5; // percent, per arrow key press at fit
 
 export class CompareViewer {
   constructor(root, { slider, zoomLabel }) {
@@ -199,6 +201,15 @@ export class CompareViewer {
   }
 
   onKey(event) {
+    const sideways = { ArrowLeft: -SPLIT_STEP, ArrowRight: SPLIT_STEP }[event.key];
+    if (sideways && this.view.zoom <= 1.001 && this.root.classList.contains("slider")) {
+      // nothing to pan at fit: the arrows move the split instead
+      const split = Math.min(100, Math.max(0, Number(this.slider.value) + sideways));
+      this.slider.value = String(split);
+      this.setSplit(split);
+      event.preventDefault();
+      return;
+    }
     const pane = this.paneSize();
     const moves = {
       ArrowLeft: [pane.width * KEY_PAN, 0],

@@ -403,6 +403,8 @@ def test_keyboard_only_from_choosing_a_file_to_downloading(stack, page, small_pi
     expect(page.locator("#download")).to_be_focused()
     rings.append(page.evaluate(FOCUS_RING))
     tab_to("viewer", backwards=True)
+    page.keyboard.press("ArrowRight")  # at fit: moves the split
+    split = page.input_value("#compare-slider")
     page.keyboard.press("+")
     zoom = text(page, "#zoom-level")
     tab_to("download")
@@ -411,7 +413,7 @@ def test_keyboard_only_from_choosing_a_file_to_downloading(stack, page, small_pi
     download = download_info.value
 
     assert output == "144 × 96 px"
-    assert zoom != "Fit"
+    assert split == "55" and zoom != "Fit"
     assert download.suggested_filename == "cup-megasr.png"
     assert image_size(Path(download.path()).read_bytes()) == (144, 96)
     missing = [ring["id"] for ring in rings if not ring["ring"]]
