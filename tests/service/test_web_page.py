@@ -24,7 +24,7 @@ import pytest
 from loopback import wait_until
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
-from service_support import Gateway, WorkerProcess, worker_env
+from service_support import API_KEYS, Gateway, WorkerProcess, worker_env
 
 from megasr.queue import EmbeddedRedis
 from megasr.settings import Settings
@@ -483,6 +483,31 @@ def test_a_refused_upload_replaces_the_progress_with_its_error(stack, page, tmp_
     assert text(page, "#error-title") == "Invalid image"
     assert "not an image" in text(page, "#error-detail")
     assert text(page, "#retry") == "Choose another image"
+
+
+def test_a_gateway_with_keys_gets_one_from_the_page_and_keeps_it(stack, chromium):
+    settings = stack.gateway.settings.model_copy(
+        update={"auth_enabled": True, "api_keys": API_KEYS}
+    )
+    gateway = Gateway(settings).start()
+    context = chromium.new_context(viewport=DESKTOP)
+    try:
+        page = context.new_page()
+        page.goto(gateway.url)
+        expect(page.locator("#engine-description")).to_have_text("This server needs an API key.")
+        asked = page.eval_on_selector("#key-box", "box => box.open")
+        page.fill("#api-key", "key-a")
+        page.keyboard.press("Tab")  # "change": the page tries the key
+        page.wait_for_selector("#engine option[value='tiny-stepped']", state="attached")
+        page.reload()
+        page.wait_for_selector("#engine option[value='tiny-stepped']", state="attached")
+        kept = page.input_value("#api-key")
+    finally:
+        context.close()
+        gateway.stop()
+
+    assert asked is True
+    assert kept == "key-a"
 
 
 def test_the_job_view_counts_the_work(stack, small_picture):
