@@ -148,6 +148,15 @@ class Settings(BaseSettings):
     storage_retry_s: float = Field(
         60.0, ge=0, description="How long a worker retries storage it cannot reach."
     )
+    worker_exit_linger_s: float = Field(
+        0.0,
+        ge=0,
+        description="How long a stopping worker answers 503 on its probes before it exits.",
+    )
+    test_stop_at: Literal["engine-returned", "result-stored", "claimed", "ended"] | None = Field(
+        None,
+        description="Tests only: the point of a job's end where a worker stops itself (SIGSTOP).",
+    )
     worker_engines: list[str] = Field(
         default_factory=lambda: ["auto"],
         description="Engines a worker loads at start: registry names or module:Class paths.",
