@@ -15,8 +15,15 @@ from datetime import UTC, datetime
 
 from anyio.to_thread import run_sync
 
-from megasr.engine_status import read_engines
-from megasr.errors import ConflictError, InvalidParameterError, MegaSRError, RateLimitedError
+from megasr.engine_catalog import AUTO, engine_names, public_name, variant_for
+from megasr.engine_status import EngineState, read_engines
+from megasr.errors import (
+    ConflictError,
+    InvalidParameterError,
+    MegaSRError,
+    RateLimitedError,
+    ServiceUnavailableError,
+)
 from megasr.imaging.encode import default_output_format
 from megasr.jobs import ImageInfo, JobPayload, UpscaleParams, new_job_id
 from megasr.queue import AUTO_QUEUE, enqueue_upscale
@@ -55,8 +62,10 @@ async def submit(gw: Gateway, request: SubmitRequest) -> Submitted:
         params = UpscaleParams.parse(upload.fields)
         if params.webhook_url is not None:  # refused now, not after the job ran
             await run_sync(gw.notifier.dispatcher.policy.resolve, str(params.webhook_url))
-        runs_on, engine = await run_sync(_resolve_engine, gw, params.engine)
+        route = await run_sync(_resolve_engine, gw, params.engine)
+        engine = route.label
         info = await inspect_image(upload.image, params, settings)
+        runs_on = route.engine_for(params, info)
         submitted = await run_sync(_store_and_enqueue, gw, request, upload, params, info, runs_on)
     except MegaSRError as error:
         gw.metrics.jobs_submitted.labels(engine, _outcome(error)).inc()
@@ -66,23 +75,50 @@ async def submit(gw: Gateway, request: SubmitRequest) -> Submitted:
     return submitted
 
 
-def _resolve_engine(gw: Gateway, name: str) -> tuple[str, str]:
-    """The engine the job runs on, whose queue it goes to, and its metric label.
+@dataclass(frozen=True)
+class Route:
+    """Where a job goes: ``engine`` (a family until the image's size picks its variant) and
+    its metric label; ``variants`` are a family's variants that some worker serves."""
 
-    ``auto`` is the default the live workers announce; before any has announced itself, the
-    job waits in the queue every worker serves with its own default (:data:`AUTO_QUEUE`). An
-    engine no live worker serves is refused.
+    engine: str
+    label: str
+    variants: list[str] | None = None
+
+    def engine_for(self, params: UpscaleParams, info: ImageInfo) -> str:
+        """The engine whose queue the job goes to: a family's variant for the factor asked."""
+        factor = params.output_size().factor(info.width, info.height)
+        return variant_for(self.engine, factor, self.variants)
+
+
+def _resolve_engine(gw: Gateway, name: str) -> Route:
+    """The engine the job runs on and its metric label.
+
+    ``auto`` is the default the live workers announce; while none has one (no worker has
+    announced itself, or every one is still loading), the job waits in the queue every
+    worker serves with its own default (:data:`AUTO_QUEUE`). A named engine is queued while
+    its workers load, and before any worker announced itself. An engine no live worker
+    serves or loads is refused, naming those that are; one that failed to load on every
+    worker is a 503 with the reason.
     """
     catalog = read_engines(gw.redis)
-    served = {info.name for info in catalog.engines}
-    engine = name if name != "auto" else catalog.default or AUTO_QUEUE
-    if engine in served:
-        return engine, engine
-    if served:
-        choices = ", ".join(["auto", *sorted(served)])
+    if name == AUTO and catalog.default is None:
+        return Route(AUTO_QUEUE, AUTO_QUEUE)
+    engine = catalog.default if name == AUTO else name
+    announced = {entry.name: entry for entry in catalog.engines}
+    entry = announced.get(public_name(engine))
+    if entry is None and announced:
+        served = [e.name for e in catalog.engines if e.state is not EngineState.FAILED]
+        if not served:
+            raise InvalidParameterError(f"engine {name!r} is not served here, nor any other")
+        choices = ", ".join([AUTO, *served])
         raise InvalidParameterError(f"engine {name!r} is not served here; choose one of {choices}")
-    # No worker has announced itself yet: queue it, but keep the labels bounded.
-    return engine, AUTO_QUEUE if engine == AUTO_QUEUE else "other"
+    if entry is None:  # no worker has announced itself yet: queue it, with a bounded label
+        return Route(engine, public_name(engine) if engine in engine_names() else "other")
+    if entry.state is EngineState.FAILED:
+        raise ServiceUnavailableError(
+            f"engine {entry.name!r} failed to load on every worker: {entry.detail}", public=True
+        )
+    return Route(engine, entry.name, entry.variants)
 
 
 def _store_and_enqueue(

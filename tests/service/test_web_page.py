@@ -25,11 +25,11 @@ from loopback import wait_until
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 from service_support import API_KEYS, Gateway, WorkerProcess, worker_env
+from system_packages import require
 
 from megasr.queue import EmbeddedRedis
 from megasr.settings import Settings
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: apt install chromium
 DESKTOP = {"width": 1280, "height": 800}
 # The stepped engine first, so it is what "auto" runs; the picky one fails on white tiles.
 ENGINES = ["worker_engines:SteppedEngine", "worker_engines:PickyEngine"]
@@ -110,11 +110,10 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[object]:
-    if not CHROMIUM.exists():
-        pytest.skip("the web page tests need Debian's chromium (apt install chromium)")
+    executable = require("chromium")  # skips (fails in CI) without Debian's chromium
     expect.set_options(timeout=WAIT_MS)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         yield browser
         browser.close()
 
