@@ -27,12 +27,16 @@ from playwright.sync_api import expect, sync_playwright
 from service_support import API_KEYS, Gateway, WorkerProcess, worker_env
 from system_packages import require
 
+from megasr.engine_catalog import describe
 from megasr.queue import EmbeddedRedis
 from megasr.settings import Settings
 
 DESKTOP = {"width": 1280, "height": 800}
-# The stepped engine first, so it is what "auto" runs; the picky one fails on white tiles.
-ENGINES = ["worker_engines:SteppedEngine", "worker_engines:PickyEngine"]
+# The stepped engine first, so it is what "auto" runs; the picky one fails on white tiles;
+# realesr-animevideov3, a family of the engine catalog (the smallest real network), for the
+# model picker.
+FAMILY = "realesr-animevideov3"
+ENGINES = ["worker_engines:SteppedEngine", "worker_engines:PickyEngine", FAMILY]
 WAIT_MS = 30_000  # a deadline for each wait, far above what any takes on a quiet machine
 
 # The focused element draws a ring: its own outline, or for a radio button (visually hidden,
@@ -217,6 +221,27 @@ def test_the_preview_shows_the_sizes_before_anything_is_sent(stack, page, small_
     assert caption == "48 × 32 → 75 × 50 px"
     assert result == [75, 50]  # what the page promised is what the server made
     assert "tiny-stepped" in engine  # no description from the server: the name
+
+
+def test_the_model_picker_describes_each_engine_and_runs_the_one_chosen(stack, page, small_picture):
+    offered = page.eval_on_selector_all("#engine option", "os => os.map(o => o.textContent)")
+    automatic = text(page, "#engine-description")
+    page.set_input_files("#file-input", str(small_picture))
+    page.check("input[name=scale][value='2']", force=True)
+    page.select_option("#engine", FAMILY)
+    described = text(page, "#engine-description")
+    with page.expect_response(re.compile(r"/v1/upscale$")) as submitted:
+        page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])")
+    job = stack.job(submitted.value.json()["id"])
+    result = page.eval_on_selector("#result-image", "img => [img.naturalWidth, img.naturalHeight]")
+
+    # one entry per family (its x2/x3/x4 variants folded), the test engines by name
+    assert offered == ["Automatic (tiny-stepped)", FAMILY, "tiny-picky", "tiny-stepped"]
+    assert automatic == "The server's choice: tiny-stepped"  # no catalog line: the name
+    assert described == describe(FAMILY) and "anime" in described  # the catalog's own line
+    assert job["params"]["engine"] == FAMILY and job["status"] == "succeeded"
+    assert result == [96, 64]
 
 
 def test_progress_moves_tile_by_tile_with_the_time_left_then_the_result(stack, page, picture):
