@@ -244,6 +244,59 @@ def test_the_model_picker_describes_each_engine_and_runs_the_one_chosen(stack, p
     assert result == [96, 64]
 
 
+def test_an_engine_still_loading_is_offered_and_its_job_waits_for_it(stack, open_page, tmp_path):
+    """Serve at once, on the page: a second worker held loading (as a CPU worker converting
+    and compiling for minutes is) announces its engine; the page offers it as loading, queues
+    a job on it, and shows the result once the engine is ready."""
+    hold = tmp_path / "load-hold"
+    hold.touch()
+    settings = stack.gateway.settings
+    env = worker_env(
+        settings.redis_url,
+        settings.data_dir,
+        settings.queue_name,
+        MEGASR_WORKER_ENGINES=json.dumps(["worker_engines:SlowLoadingEngine"]),
+        MEGASR_TEST_LOAD_HOLD=str(hold),
+    )
+    worker = WorkerProcess(env, tmp_path / "slow-worker.log")
+    try:
+        wait_until(lambda: engine_state(stack, "tiny-slow") == "loading", "the loading engine")
+        page = open_page()
+        option = page.locator("#engine option[value='tiny-slow']")
+        offered = option.text_content()
+        page.select_option("#engine", "tiny-slow")
+        described = text(page, "#engine-description")
+        small = tmp_path / "small.png"
+        Image.new("RGB", (24, 16), "teal").save(small)
+        page.set_input_files("#file-input", str(small))
+        with page.expect_response(re.compile(r"/v1/upscale$")) as submitted:
+            page.click("#submit")
+        accepted = submitted.value.status
+        expect(page.locator("#status")).to_have_text(re.compile(r"^Waiting"))
+        waiting = text(page, "#status")
+        hold.unlink()
+        page.wait_for_selector("#result:not([hidden])")
+        expect(option).to_have_text("tiny-slow")  # the page looked again once it was ready
+        result = page.eval_on_selector(
+            "#result-image", "img => [img.naturalWidth, img.naturalHeight]"
+        )
+    finally:
+        hold.unlink(missing_ok=True)
+        worker.stop()
+
+    assert offered == "tiny-slow (loading)"
+    assert described == "tiny-slow (loading; jobs wait until it is ready)"
+    assert accepted == 202
+    assert waiting in {"Waiting for a worker…", "Waiting in line: 1 job ahead"}
+    assert result == [96, 64]
+    assert page.errors == []
+
+
+def engine_state(stack: Stack, name: str) -> str | None:
+    engines = stack.gateway.http.get("/v1/engines").json()["engines"]
+    return next((engine["state"] for engine in engines if engine["name"] == name), None)
+
+
 def test_progress_moves_tile_by_tile_with_the_time_left_then_the_result(stack, page, picture):
     # Every value the bar shows, recorded in the page as it changes.
     page.evaluate("""() => {
