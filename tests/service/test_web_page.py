@@ -47,8 +47,15 @@ FOCUS_RING = """() => {
   const style = getComputedStyle(shown);
   const visible = shown.matches(":focus-visible, :has(:focus-visible)");
   const ring = style.outlineStyle !== "none" && parseFloat(style.outlineWidth) >= 2;
-  return {id: el.id || el.name || el.tagName, ring: visible && ring};
+  return {id: el.id || el.name || el.getAttribute("href") || el.tagName, ring: visible && ring};
 }"""
+
+# Every control the keyboard can reach now, named as FOCUS_RING names them (a radio group by
+# its name: Tab stops on its checked button).
+FOCUSABLE = """() => [...new Set([...document.querySelectorAll(
+    "a[href], button, input, select, textarea, summary, [tabindex]")]
+  .filter(el => el.tabIndex >= 0 && !el.disabled && el.checkVisibility())
+  .map(el => el.id || el.name || el.getAttribute("href") || el.tagName))]"""
 
 
 # Whether an element is wholly inside the viewport (after any smooth scroll has ended).
@@ -488,6 +495,19 @@ def test_keyboard_only_from_choosing_a_file_to_downloading(stack, page, small_pi
     with page.expect_download() as download_info:
         page.keyboard.press("Enter")
     download = download_info.value
+    # Once round the whole page (the recent list is there now), back to the download button.
+    focusable = page.evaluate(FOCUSABLE)
+    visited = {r["id"] for r in rings}
+    page.keyboard.press("Tab")
+    visited_round = set()
+    for _ in range(60):
+        if page.evaluate("document.activeElement.id") == "download":
+            break
+        ring = page.evaluate(FOCUS_RING)
+        if ring["id"] != "BODY":  # past the last control, focus leaves the page once
+            rings.append(ring)
+            visited_round.add(ring["id"])
+        page.keyboard.press("Tab")
 
     assert output == "144 × 96 px"
     assert split == "55" and zoom != "Fit"
@@ -495,7 +515,9 @@ def test_keyboard_only_from_choosing_a_file_to_downloading(stack, page, small_pi
     assert image_size(Path(download.path()).read_bytes()) == (144, 96)
     missing = [ring["id"] for ring in rings if not ring["ring"]]
     assert missing == [], f"no visible focus on {missing}"
-    assert {"drop-zone", "scale", "submit", "download", "viewer"} <= {r["id"] for r in rings}
+    assert {"drop-zone", "scale", "submit", "download", "viewer"} <= visited
+    assert set(focusable) - {"download"} <= visited_round, "Tab skips a control"
+    assert {"theme-toggle", "engine", "view-mode", "zoom-in", "recent-clear"} <= visited_round
 
 
 def test_recent_jobs_are_kept_in_this_browser_to_download_again(stack, page, small_picture):
