@@ -295,8 +295,9 @@ function describeEngine() {
   const chosen = $("engine").value;
   const name = chosen === "auto" ? state.catalog?.default : chosen;
   const engine = engines.find((candidate) => candidate.name === name);
-  let text = engine ? engine.description || engine.name : "The server's default engine";
-  if (chosen === "auto" && engine) text = `The server's choice: ${text}`;
+  // The catalog's line says what the engine is for; an engine of the deployment's own has none.
+  let text = engine?.description || engine?.name || "The server's default engine";
+  if (chosen === "auto" && engine && !engine.description) text = `The server's choice: ${text}`;
   if (engine?.state === "loading") text += " (loading; jobs wait until it is ready)";
   $("engine-description").textContent = text;
 }
