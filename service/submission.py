@@ -1,9 +1,10 @@
 """``POST /v1/upscale``: from a streamed form to a queued job.
 
-Cheap refusals come first (declared length, rate and capacity limits), then the body is
-read under its limit, the fields and the image are checked, and only then is anything
-written: the input object, the ownership record, the RQ job. A failure after the
-Idempotency-Key was claimed releases the claim and the stored input.
+Cheap refusals come first (declared length, this process's upload caps, rate and capacity
+limits), then the body is read under its limit and deadlines, the fields and the image are
+checked, and only then is anything written: the input object, then in one Redis transaction
+the ownership record, the RQ job and the kept Idempotency-Key. A failure after the key was
+claimed releases the claim and the stored input.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from megasr.service.context import Gateway
 from megasr.service.images import inspect_image
 from megasr.service.limits import check_capacity, track_in_flight
 from megasr.service.records import JobRecord, load_record, save_record
+from megasr.service.upload_gate import Upload as UploadPlace
 from megasr.service.uploads import Upload, check_declared_length, read_upload
 from megasr.storage import content_type_for, input_key
 
@@ -56,23 +58,33 @@ async def submit(gw: Gateway, request: SubmitRequest) -> Submitted:
     engine = "unknown"
     try:
         settings = gw.settings
-        check_declared_length(request.content_length, settings.max_upload_bytes)
-        await run_sync(check_capacity, gw.redis, gw.queues, settings, request.tenant)
-        upload = await read_upload(request.content_type, request.body, settings.max_upload_bytes)
-        params = UpscaleParams.parse(upload.fields)
-        if params.webhook_url is not None:  # refused now, not after the job ran
-            await run_sync(gw.notifier.dispatcher.policy.resolve, str(params.webhook_url))
-        route = await run_sync(_resolve_engine, gw, params.engine)
-        engine = route.label
-        info = await inspect_image(upload.image, params, settings)
-        runs_on = route.engine_for(params, info)
-        submitted = await run_sync(_store_and_enqueue, gw, request, upload, params, info, runs_on)
+        declared = check_declared_length(request.content_length, settings.max_upload_bytes)
+        # The upload keeps its place until it is stored: its bytes are in memory until then.
+        with gw.uploads.admit(declared) as place:
+            await run_sync(check_capacity, gw.redis, gw.queues, settings, request.tenant)
+            upload = await _read_form(gw, request, place)
+            params = UpscaleParams.parse(upload.fields)
+            if params.webhook_url is not None:  # refused now, not after the job ran
+                await run_sync(gw.notifier.dispatcher.policy.resolve, str(params.webhook_url))
+            route = await run_sync(_resolve_engine, gw, params.engine)
+            engine = route.label
+            info = await inspect_image(upload.image, params, settings)
+            runs_on = route.engine_for(params, info)
+            submitted = await run_sync(
+                _store_and_enqueue, gw, request, upload, params, info, runs_on
+            )
     except MegaSRError as error:
         gw.metrics.jobs_submitted.labels(engine, _outcome(error)).inc()
         raise
     outcome = "replayed" if submitted.replayed else "accepted"
     gw.metrics.jobs_submitted.labels(engine, outcome).inc()
     return submitted
+
+
+async def _read_form(gw: Gateway, request: SubmitRequest, place: UploadPlace) -> Upload:
+    """The form, read under the upload's deadlines and byte reservation."""
+    async with contextlib.aclosing(gw.uploads.body(place, request.body)) as body:
+        return await read_upload(request.content_type, body, gw.settings.max_upload_bytes)
 
 
 @dataclass(frozen=True)
@@ -168,11 +180,14 @@ def _store(
     stored_key: str,
     engine: str,
 ) -> None:
-    """The input object, the ownership record, then the RQ job, on ``engine``'s queue."""
+    """The input object, then in one transaction the ownership record, the RQ job on
+    ``engine``'s queue and the Idempotency-Key kept for the retention: a Redis that fails
+    mid-way leaves all three or none, never a queued job whose key lapses (and so runs
+    again on a retry) or a kept key without its job."""
+    settings = gw.settings
     output_format = params.output_format or default_output_format(info.format)
     gw.storage.put(stored_key, upload.image, content_type_for(info.format))
     created_at = datetime.now(UTC).isoformat()
-    save_record(gw.redis, gw.settings, job_id, JobRecord(request.tenant, created_at))
     payload = JobPayload(
         job_id=job_id,
         tenant=request.tenant,
@@ -182,17 +197,21 @@ def _store(
         input=info.model_dump(),
         created_at=created_at,
     )
-    enqueue_upscale(gw.queues, payload)
+    with gw.redis.pipeline(transaction=True) as pipe:
+        pipe.multi()  # RQ queues its writes into this transaction instead of its own
+        save_record(pipe, settings, job_id, JobRecord(request.tenant, created_at))
+        enqueue_upscale(gw.queues, payload, pipeline=pipe)
+        if request.idempotency_key is not None:
+            idempotency.keep(pipe, request.tenant, request.idempotency_key, settings.result_ttl_s)
+        pipe.execute()
 
 
 def _confirm(gw: Gateway, request: SubmitRequest, job_id: str) -> None:
-    """The job is queued: count it in flight, keep its Idempotency-Key for the retention, and
-    wait until Redis has it on disk (see :mod:`megasr.service.durability`); one pipeline."""
-    settings = gw.settings
+    """The job is queued: count it in flight and wait until Redis has it on disk (see
+    :mod:`megasr.service.durability`); WAITAOF goes in the same pipeline as the in-flight
+    write, on whose connection it waits, and the log's order covers the transaction before."""
     with gw.redis.pipeline(transaction=False) as pipe:
-        track_in_flight(pipe, settings, request.tenant, job_id)
-        if request.idempotency_key is not None:
-            idempotency.keep(pipe, request.tenant, request.idempotency_key, settings.result_ttl_s)
+        track_in_flight(pipe, gw.settings, request.tenant, job_id)
         waited = gw.durability.wait_in(gw.redis, pipe)
         replies = pipe.execute(raise_on_error=False)
     if waited:

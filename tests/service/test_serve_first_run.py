@@ -93,10 +93,16 @@ def test_an_upload_sent_when_the_url_is_printed_is_accepted_and_runs(tmp_path, p
         # The case a user met most: the worker has announced itself and is loading.
         loading = lambda: engine_state(url) == "loading"  # noqa: E731
         wait_until(loading, "the worker to announce it loads", timeout_s=120)
+        # serve reads the engine states twice a second: let it see the loading before the end.
+        said_loading = lambda: "worker loading tiny-slow" in serve.log  # noqa: E731
+        wait_until(said_loading, "serve to say the worker loads", timeout_s=30)
         while_loading = upload(url, photo)
         hold.unlink()  # the engine may finish loading now
         with Client(url) as client:
             jobs = [client.wait(r.json()["id"], timeout_s=90) for r in (at_once, while_loading)]
+        # And the ready state: the jobs can end before serve has read it.
+        said_ready = lambda: "ready: queued and new uploads run now" in serve.log  # noqa: E731
+        wait_until(said_ready, "serve to say the worker is ready", timeout_s=30)
     finally:
         status = serve.stop()
 
