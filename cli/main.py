@@ -14,6 +14,7 @@ from megasr import __version__
 from megasr.cli import (
     bench_cmd,
     client_cmd,
+    data_cmd,
     eval_cmd,
     model_cmd,
     serve_cmd,
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         client_cmd,
         model_cmd,
         train_cmd,
+        data_cmd,
         eval_cmd,
         bench_cmd,
     ):

@@ -10,7 +10,7 @@ the five. The network was trained on Caffe-style input (BGR, 0..255, mean subtra
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -57,15 +57,27 @@ class HEDNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Fused edge logits (B, 1, H, W) of Caffe-style input (see :func:`caffe_input`)."""
+        return self.fuse(torch.cat([side for _, side in self._stages(x)], dim=1))
+
+    def stages(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """Every intermediate: the five blocks' features, their side-output logits at the
+        input size, and the fused logits (what feature-level distillation compares)."""
+        features, sides = [], []
+        for feature, side in self._stages(x):
+            features.append(feature)
+            sides.append(side)
+        return features, sides, self.fuse(torch.cat(sides, dim=1))
+
+    def _stages(self, x: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
+        """(block features, side logits upsampled to the input size), block by block; a
+        generator, so that :meth:`forward` holds one block's features at a time."""
         size = x.shape[-2:]
-        sides = []
         for index in range(1, len(self.widths) + 1):
             x = getattr(self, f"block{index}")(x)
             side = getattr(self, f"dsn{index}")(x)
             if side.shape[-2:] != size:
                 side = F.interpolate(side, size=size, mode="bilinear", align_corners=False)
-            sides.append(side)
-        return self.fuse(torch.cat(sides, dim=1))
+            yield x, side
 
     def encoder_parameters(self) -> list[nn.Parameter]:
         """The VGG trunk (blocks 1-5); the side outputs and ``fuse`` are the head.

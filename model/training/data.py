@@ -181,21 +181,24 @@ def read_rgb(path: Path, limits: ImageLimits) -> np.ndarray:
 
 
 def load_held_out(
-    folders: Sequence[Path], limits: ImageLimits = TRAINING_LIMITS
+    folders: Sequence[Path], limits: ImageLimits = TRAINING_LIMITS, most: int | None = None
 ) -> tuple[list[tuple[str, Tensor]], list[str]]:
-    """Every readable image under ``folders`` as (name, (3, H, W) tensor), and the skipped.
+    """Every readable image under ``folders`` as (name, (3, H, W) tensor), and the skipped;
+    with ``most``, at most that many files, evenly spaced through the sorted list.
 
     The name (the path under its folder, without suffix) seeds the image's degradation.
     """
+    files = [(folder, path) for folder in folders for path in find_images([folder])]
+    if most is not None and len(files) > most:
+        files = [files[i] for i in np.linspace(0, len(files) - 1, most).round().astype(int)]
     images, skipped = [], []
-    for folder in folders:
-        for path in find_images([folder]):
-            try:
-                rgb = read_rgb(path, limits)
-            except MegaSRError as error:
-                skipped.append(f"{path}: {error.detail}")
-                continue
-            images.append((_key(path, folder), torch.from_numpy(rgb.transpose(2, 0, 1).copy())))
+    for folder, path in files:
+        try:
+            rgb = read_rgb(path, limits)
+        except MegaSRError as error:
+            skipped.append(f"{path}: {error.detail}")
+            continue
+        images.append((_key(path, folder), torch.from_numpy(rgb.transpose(2, 0, 1).copy())))
     return images, skipped
 
 

@@ -3,16 +3,18 @@ answer as its frozen teacher answers on the HR images.
 
 Each step crops a batch of HR photographs, degrades it on the device with the Real-ESRGAN
 model (drawn from the seed and the step, so a run is repeatable), and takes one AdamW step
-on the student's loss under autocast. Held-out images, degraded the same way from the seed
-and their names, are measured before the first step and after the last, so a run reports
-what it changed on images it never trained on.
+on the student's loss under autocast. Every ``checkpoint_every`` steps (and at the last) a
+resume point is written (the trainable weights, AdamW's moments, the fp16 loss scaler), so
+a killed run loses at most that many steps: sample ``n`` and the degradation of step ``s``
+are functions of the seed alone, so a resumed run ends with the same weights, bit for bit,
+as one that never stopped.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +28,24 @@ from tqdm import tqdm
 from megasr.errors import InvalidParameterError
 from megasr.model.degradation import RealESRGANDegradation
 from megasr.model.degradation.draws import derived_generator
-from megasr.model.evaluation.degradations import image_generator
-from megasr.model.training.data import SampleNumbers, TrainingCrops, center_crop, collate
+from megasr.model.training.data import SampleNumbers, TrainingCrops, collate
+from megasr.model.training.train_state import (
+    load_state,
+    prune_states,
+    resume_point,
+    save_state,
+    state_dir,
+)
+
+RESUME_CHOICES = ("latest", "none")
 
 
 class Student(Protocol):
-    """What :func:`distill` trains: an ``nn.Module`` with a loss, distances and a writer."""
+    """What :func:`distill` trains: an ``nn.Module`` with a loss and a writer."""
 
-    def parameters(self) -> Sequence[nn.Parameter]: ...
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]: ...
     def to(self, *args: object, **kwargs: object) -> nn.Module: ...
     def loss(self, hr: Tensor, lr: Tensor) -> Tensor: ...
-    def distances(self, hr: Tensor, lr: Tensor) -> dict[str, float]: ...
     def save(self, out: Path) -> None: ...
 
 
@@ -51,27 +60,37 @@ class DistillOptions:
     grad_clip: float = 1.0
     seed: int = 0
     workers: int = 0
-    held_out_side: int = 512
-    """Held-out images are centre-cropped to at most this side (and to multiples of 4)."""
+    checkpoint_every: int = 100
+    keep: int = 2
+    """Resume points kept; older ones are deleted."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "held_out_side"):
+        for name in ("steps", "batch_size", "checkpoint_every", "keep"):
             if getattr(self, name) < 1:
                 raise InvalidParameterError(f"{name} must be at least 1")
         if self.learning_rate <= 0 or self.workers < 0:
             raise InvalidParameterError("learning_rate must be positive and workers >= 0")
 
 
+@dataclass(frozen=True)
+class DistillKey:
+    """What must match between the run that wrote a resume point and the run resuming it."""
+
+    seed: int
+    batch_size: int
+    crop: int
+    objective: str
+
+
 @dataclass
 class DistillReport:
-    """What a run did: losses at its start and end, held-out distances before and after."""
+    """What a run did: its steps (from ``first_step``), the losses at its start and end."""
 
+    first_step: int
     steps: int
     seconds: float
-    first_loss: float
-    last_loss: float
-    before: dict[str, float] = field(default_factory=dict)
-    after: dict[str, float] = field(default_factory=dict)
+    first_loss: float | None
+    last_loss: float | None
     skipped: list[str] = field(default_factory=list)
 
 
@@ -82,34 +101,41 @@ def distill(
     options: DistillOptions,
     device: torch.device,
     dtype: torch.dtype,
-    held_out: Sequence[tuple[str, Tensor]] = (),
+    states: Path,
+    key: DistillKey,
+    resume: str = "latest",
     quiet: bool = False,
 ) -> DistillReport:
-    """Fine-tune ``student`` in place for ``options.steps`` steps."""
+    """Fine-tune ``student`` in place up to step ``options.steps``, from the resume point in
+    ``states`` that ``resume`` names (``latest``, ``none`` or a folder)."""
     student.to(device)
-    params = [p for p in student.parameters() if p.requires_grad]
+    trainable = {name: p for name, p in student.named_parameters() if p.requires_grad}
+    params = list(trainable.values())
     optimizer = torch.optim.AdamW(
         params, lr=options.learning_rate, weight_decay=options.weight_decay
     )
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    pairs = _held_out_pairs(held_out, degradation, options, device)
-    before = _measure(student, pairs, device, dtype, "held-out before", quiet)
+    parts = {"optimizer": optimizer, **({"scaler": scaler} if scaler.is_enabled() else {})}
+    first = _resume(states, resume, key, trainable, parts)
+    if first > options.steps:
+        raise InvalidParameterError(f"the resume point is at step {first}, past --steps")
     loader = DataLoader(
         crops,
         batch_size=options.batch_size,
-        sampler=SampleNumbers(0, options.batch_size),
+        sampler=SampleNumbers(first, options.batch_size),
         num_workers=options.workers,
         collate_fn=collate,
     )
     losses: list[float] = []
     skipped: list[str] = []
     start = time.perf_counter()
-    bar = tqdm(total=options.steps, desc="fine-tuning", unit="step", disable=quiet, file=sys.stderr)
-    for step, batch in zip(range(options.steps), loader, strict=False):
+    bar = tqdm(total=options.steps, initial=first, desc="fine-tuning", unit="step",
+               disable=quiet, file=sys.stderr, mininterval=_interval())  # fmt: skip
+    for step, batch in zip(range(first, options.steps), loader, strict=False):
         _note_skipped(batch["skipped"], skipped, bar)
         hr = batch["hr"].to(device)
         lr = degradation(hr, derived_generator(options.seed, step))
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             loss = student.loss(hr, lr)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -120,60 +146,41 @@ def distill(
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.update()
+        done = step + 1
+        if done % options.checkpoint_every == 0 or done == options.steps:
+            save_state(state_dir(states, done), done, key, trainable, parts)
+            prune_states(states, options.keep)
     bar.close()
-    seconds = time.perf_counter() - start
     window = max(1, len(losses) // 10)
     return DistillReport(
+        first_step=first,
         steps=len(losses),
-        seconds=seconds,
-        first_loss=sum(losses[:window]) / window,
-        last_loss=sum(losses[-window:]) / window,
-        before=before,
-        after=_measure(student, pairs, device, dtype, "held-out after", quiet),
+        seconds=time.perf_counter() - start,
+        first_loss=sum(losses[:window]) / window if losses else None,
+        last_loss=sum(losses[-window:]) / window if losses else None,
         skipped=skipped,
     )
 
 
-def _held_out_pairs(
-    images: Sequence[tuple[str, Tensor]],
-    degradation: RealESRGANDegradation,
-    options: DistillOptions,
-    device: torch.device,
-) -> list[tuple[Tensor, Tensor]]:
-    """(HR, LR) of every held-out image; the LR is drawn from the seed and the image's name."""
-    scale = degradation.config.scale
-    pairs = []
-    for name, image in images:
-        hr = center_crop(image, options.held_out_side, scale)[None].to(device)
-        pairs.append((hr, degradation(hr, image_generator(options.seed, name))))
-    return pairs
-
-
-def _measure(
-    student: Student,
-    pairs: list[tuple[Tensor, Tensor]],
-    device: torch.device,
-    dtype: torch.dtype,
-    label: str,
-    quiet: bool,
-) -> dict[str, float]:
-    """Mean of each distance over the held-out images (none: an empty dict)."""
-    totals: dict[str, float] = {}
-    shown = tqdm(pairs, desc=label, unit="image", disable=quiet or not pairs, file=sys.stderr)
-    for hr, lr in shown:
-        with _autocast(device, dtype):
-            for name, value in student.distances(hr, lr).items():
-                totals[name] = totals.get(name, 0.0) + value
-    return {name: total / len(pairs) for name, total in totals.items()}
-
-
-def _autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
+def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
+    """Autocast in ``dtype`` (float32: none)."""
     if dtype == torch.float32:
         return nullcontext()
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _note_skipped(paths: list[str], skipped: list[str], bar: tqdm) -> None:
+def _resume(states: Path, resume: str, key: DistillKey, trainable: dict, parts: dict) -> int:
+    """The step the run starts at, after loading the resume point ``resume`` names."""
+    source = resume_point(states, resume, "(--resume latest), delete it, or write elsewhere")
+    return 0 if source is None else load_state(source, key, trainable, parts)
+
+
+def _interval() -> float:
+    """Redraw the bar often on a terminal, every 30 s into a log file."""
+    return 0.1 if sys.stderr.isatty() else 30.0
+
+
+def _note_skipped(paths: Sequence[str], skipped: list[str], bar: tqdm) -> None:
     for path in paths:
         if path not in skipped:
             skipped.append(path)

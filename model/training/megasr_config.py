@@ -2,9 +2,10 @@
 
 Defaults are SeeSR's published recipe for SD-2-base (the design's training section): 512 px
 HR crops degraded on the fly by SeeSR's Real-ESRGAN parameters, AdamW at 5e-5 constant with
-weight decay 1e-2 and gradient clipping at 1.0, batch 16 with gradient accumulation 2,
-mixed precision, 50 % of prompts replaced by the empty prompt, a checkpoint every 10k
-steps and resuming from the latest. Only the starting checkpoint, the HR folders and the
+weight decay 1e-2 and gradient clipping at 1.0, a global batch of 32 per optimizer step
+(split over the processes and gradient accumulation by the trainer), 150k steps, mixed
+precision, 50 % of prompts replaced by the empty prompt, a checkpoint every 10k steps and
+resuming from the latest. Only the starting checkpoint, the HR folders and the
 output folder have no default. Relative paths are taken from the working directory.
 ``configs/train-sd2-base.yaml`` spells the whole recipe out.
 """
@@ -18,6 +19,7 @@ from pydantic import Field, model_validator
 
 from megasr.model.config_files import ConfigRecord, read_config_file
 from megasr.model.degradation import DegradationConfig
+from megasr.model.training.base_models import BaseModelsSection
 
 
 class ModelSection(ConfigRecord):
@@ -55,11 +57,13 @@ class OptimizerSection(ConfigRecord):
 class TrainingSection(ConfigRecord):
     output_dir: Path
     """Receives ``model/`` (a MegaSR checkpoint), ``state/`` (resume points) and ``logs/``."""
-    max_steps: int = Field(100_000, ge=1)
-    """Optimizer steps (each of ``batch_size * gradient_accumulation`` samples per process)."""
-    batch_size: int = Field(16, ge=1)
-    """Samples per process per micro-batch."""
-    gradient_accumulation: int = Field(2, ge=1)
+    max_steps: int = Field(150_000, ge=1)
+    """Optimizer steps, each of ``batch_size`` samples (SeeSR: about 150k)."""
+    batch_size: int = Field(32, ge=1)
+    """Samples per optimizer step over all processes together (the global batch)."""
+    micro_batch_size: int = Field(16, ge=1)
+    """The most samples one process runs through the model at once (the memory knob); the
+    trainer accumulates gradients over ``batch_size / (processes * micro-batch)`` of them."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
     gradient_checkpointing: bool = True
     seed: int = 0
@@ -69,6 +73,16 @@ class TrainingSection(ConfigRecord):
     """Which image the tagger reads for the prompt (``lr``: as at sampling time)."""
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
     """Keep an exponential moving average of the trainable weights and export it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_accumulation(cls, data: object) -> object:
+        if isinstance(data, dict) and "gradient_accumulation" in data:
+            raise ValueError(
+                "gradient_accumulation is derived, not set: give the global batch_size (and "
+                "micro_batch_size); the trainer splits it over processes and accumulation"
+            )
+        return data
 
 
 class CheckpointSection(ConfigRecord):
@@ -97,6 +111,8 @@ class ValidationSection(ConfigRecord):
 
 
 class TrainConfig(ConfigRecord):
+    base_models: BaseModelsSection | None = None
+    """The hub models ``model.checkpoint`` is built from (``megasr train fetch-base``)."""
     model: ModelSection
     data: DataSection
     training: TrainingSection

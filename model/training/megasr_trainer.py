@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from diffusers import DDPMScheduler
 from diffusers.training_utils import EMAModel
 from torch import Tensor
@@ -41,6 +41,7 @@ from megasr.model.evaluation.degradations import image_generator
 from megasr.model.megasr.checkpoint import load_checkpoint
 from megasr.model.megasr.conditions import MegaSRConditions
 from megasr.model.megasr.prompts import PromptEncoder
+from megasr.model.training.batch_split import split_batch
 from megasr.model.training.data import (
     CropOptions,
     SampleNumbers,
@@ -58,9 +59,9 @@ from megasr.model.training.samples import restore_samples
 from megasr.model.training.tensorboard_log import TrainingLog
 from megasr.model.training.train_state import (
     ResumeKey,
-    latest_state,
     load_state,
     prune_states,
+    resume_point,
     save_state,
     state_dir,
 )
@@ -88,10 +89,13 @@ class MegaSRTrainer:
     def __init__(self, config: TrainConfig, accelerator: Accelerator | None = None) -> None:
         training = config.training
         self.config = config
+        processes = (accelerator or PartialState()).num_processes
+        self.split = split_batch(training.batch_size, processes, training.micro_batch_size)
         self.accelerator = accelerator or Accelerator(
             mixed_precision=training.mixed_precision,
-            gradient_accumulation_steps=training.gradient_accumulation,
+            gradient_accumulation_steps=self.split.accumulation,
         )
+        self.accelerator.gradient_accumulation_steps = self.split.accumulation
         device = self.accelerator.device
         self.model = load_checkpoint(config.model.checkpoint, device, torch.float32)
         frozen_dtype = PRECISION_DTYPES[training.mixed_precision]
@@ -137,7 +141,7 @@ class MegaSRTrainer:
         return F.mse_loss(prediction.float(), inputs[-1].float())
 
     def train_step(self, micro_batches: list[dict]) -> float:
-        """One optimizer step over ``gradient_accumulation`` micro-batches; the mean loss."""
+        """One optimizer step over ``split.accumulation`` micro-batches; the mean loss."""
         accelerator, training = self.accelerator, self.config.training
         losses = []
         for micro, batch in enumerate(micro_batches):
@@ -212,7 +216,7 @@ class MegaSRTrainer:
         start = time.perf_counter()
         try:
             while self.step < config.training.max_steps:
-                micro = [next(batches) for _ in range(config.training.gradient_accumulation)]
+                micro = [next(batches) for _ in range(self.split.accumulation)]
                 for batch in micro:
                     for path in set(batch["skipped"]) - skipped:
                         skipped.add(path)
@@ -285,19 +289,13 @@ class MegaSRTrainer:
         accelerator.wait_for_everyone()
 
     def _resume(self) -> int:
-        option = self.config.checkpoints.resume
-        states = self.out_dir / STATES_DIR
-        if option == "none":
-            if latest_state(states) is not None:
-                raise InvalidParameterError(
-                    f"{states} holds resume points of another run: resume it "
-                    "(checkpoints.resume = latest) or choose another training.output_dir"
-                )
-            return 0
-        source = latest_state(states) if option == "latest" else Path(option)
-        if source is None:
-            return 0
-        self.step = load_state(source, self._key, self.trainable, self._parts)
+        source = resume_point(
+            self.out_dir / STATES_DIR,
+            self.config.checkpoints.resume,
+            "(checkpoints.resume = latest) or choose another training.output_dir",
+        )
+        if source is not None:
+            self.step = load_state(source, self._key, self.trainable, self._parts)
         return self.step
 
     @property
@@ -316,8 +314,8 @@ class MegaSRTrainer:
         return ResumeKey(
             seed=training.seed,
             batch_size=training.batch_size,
-            gradient_accumulation=training.gradient_accumulation,
-            world_size=self.accelerator.num_processes,
+            micro_batch_size=self.split.micro_batch,
+            world_size=self.split.processes,
         )
 
     @property
@@ -342,16 +340,16 @@ class MegaSRTrainer:
         return crops
 
     def _micro_batches(self, crops: TrainingCrops, first_step: int) -> Iterator[dict]:
-        training, accelerator = self.config.training, self.accelerator
+        accelerator, split = self.accelerator, self.split
         sampler = SampleNumbers(
-            first=first_step * training.gradient_accumulation,
-            batch_size=training.batch_size,
-            world=accelerator.num_processes,
+            first=first_step * split.accumulation,
+            batch_size=split.micro_batch,
+            world=split.processes,
             rank=accelerator.process_index,
         )
         loader = DataLoader(
             crops,
-            batch_size=training.batch_size,
+            batch_size=split.micro_batch,
             sampler=sampler,
             num_workers=self.config.data.workers,
             collate_fn=collate,

@@ -8,6 +8,10 @@ stays frozen, so the output keeps the meaning (and the scale) the rest of MegaSR
 
 - HED: binary cross-entropy of the student's edge logits against the teacher's edge
   probabilities. Encoder: the five VGG blocks; head: the side outputs and the fuse layer.
+  Optionally distilled at the feature level too (``side_weight``: the same BCE on each of
+  the five side outputs; ``feature_weight``: each block's features against the teacher's
+  on the HR image, a squared error relative to the teacher's mean square), so the student
+  is told where on the way to the edges it went wrong, not only how strong they came out.
 - Depth: scale-and-shift-invariant L1 (MiDaS): each map is centred on its median and
   divided by its mean absolute deviation before the L1, since relative depth models only
   mean something up to scale and shift. Encoder: the ViT / backbone; head: neck and head.
@@ -31,8 +35,8 @@ from megasr.model.extractors.depth import DepthExtractor
 from megasr.model.extractors.hed import HEDNet, caffe_input
 from megasr.model.extractors.hed_weights import load_hed, save_hed
 from megasr.model.extractors.segmentation import SegmentationExtractor
-from megasr.model.training.edge_metrics import edge_f_score, mean_absolute_difference
 from megasr.model.training.inputs import upscale_to
+from megasr.model.training.pgft_evaluation import class_kl, ssi_l1
 
 ExtractorKind = Literal["hed", "depth", "seg"]
 EXTRACTOR_KINDS: tuple[ExtractorKind, ...] = ("hed", "depth", "seg")
@@ -41,28 +45,50 @@ EXTRACTOR_KINDS: tuple[ExtractorKind, ...] = ("hed", "depth", "seg")
 class HEDStudent(nn.Module):
     """HED on the upscaled LR, taught by HED on the HR."""
 
-    def __init__(self, hed: HEDNet) -> None:
+    def __init__(self, hed: HEDNet, side_weight: float = 0.0, feature_weight: float = 0.0) -> None:
         super().__init__()
+        if side_weight < 0 or feature_weight < 0:
+            raise EngineError("the side-output and feature weights must be at least 0")
         self.teacher = copy.deepcopy(hed).eval().requires_grad_(False)
         self.student = hed.requires_grad_(False)
         for param in hed.encoder_parameters():
             param.requires_grad_(True)
+        self.side_weight, self.feature_weight = side_weight, feature_weight
 
     def loss(self, hr: Tensor, lr: Tensor) -> Tensor:
+        student_input = caffe_input(upscale_to(lr, hr))
+        if not self.side_weight and not self.feature_weight:
+            with torch.no_grad():
+                target = torch.sigmoid(self.teacher(caffe_input(hr)).float())
+            return _bce(self.student(student_input), target)
         with torch.no_grad():
-            target = torch.sigmoid(self.teacher(caffe_input(hr)).float())
-        logits = self.student(caffe_input(upscale_to(lr, hr)))
-        return F.binary_cross_entropy_with_logits(logits.float(), target)
+            teacher_features, teacher_sides, teacher_fused = self.teacher.stages(caffe_input(hr))
+        features, sides, fused = self.student.stages(student_input)
+        loss = _bce(fused, torch.sigmoid(teacher_fused.float()))
+        if self.side_weight:
+            side_losses = [
+                _bce(side, torch.sigmoid(target.float()))
+                for side, target in zip(sides, teacher_sides, strict=True)
+            ]
+            loss = loss + self.side_weight * torch.stack(side_losses).mean()
+        if self.feature_weight:
+            feature_losses = [
+                (feature.float() - target.float()).pow(2).mean()
+                / target.float().pow(2).mean().clamp_min(1e-12)
+                for feature, target in zip(features, teacher_features, strict=True)
+            ]
+            loss = loss + self.feature_weight * torch.stack(feature_losses).mean()
+        return loss
 
     @torch.no_grad()
-    def distances(self, hr: Tensor, lr: Tensor) -> dict[str, float]:
-        """HED(LR) against the pretrained HED(HR): mean |difference| and the edge F-score."""
-        reference = self.teacher.edges(hr).float()
-        prediction = self.student.edges(upscale_to(lr, hr)).float()
-        return {
-            "mae": mean_absolute_difference(prediction, reference),
-            "edge_f": edge_f_score(prediction, reference),
-        }
+    def reference(self, images: Tensor) -> Tensor:
+        """The pretrained HED's edge probabilities (B, 1, H, W)."""
+        return self.teacher.edges(images)
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        """The student's edge probabilities (B, 1, H, W)."""
+        return self.student.edges(images)
 
     def save(self, out: Path) -> None:
         """A ``.safetensors`` file that ``--hed`` of ``megasr model init`` loads."""
@@ -89,13 +115,25 @@ class _TransformersStudent(nn.Module):
 
         replace_directory(out, fill)
 
+    @torch.no_grad()
+    def reference(self, images: Tensor) -> Tensor:
+        """The pretrained model's raw output (depth map or class logits)."""
+        pixels = self.extractor.pixels
+        return self._raw(self.teacher(pixel_values=pixels(images, self.teacher.dtype)))
+
+    @torch.no_grad()
+    def predict(self, images: Tensor) -> Tensor:
+        """The student's raw output (depth map or class logits)."""
+        return self._student(images)
+
+    def _student(self, images: Tensor) -> Tensor:
+        model = self.extractor.model
+        return self._raw(model(pixel_values=self.extractor.pixels(images, model.dtype)))
+
     def _outputs(self, hr: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
         """The student's raw output on the LR and the teacher's on the HR, float32."""
-        pixels, model = self.extractor.pixels, self.extractor.model
-        with torch.no_grad():
-            teacher = self._raw(self.teacher(pixel_values=pixels(hr, model.dtype)))
-        student = self._raw(model(pixel_values=pixels(upscale_to(lr, hr), model.dtype)))
-        return student.float(), teacher.float()
+        teacher = self.reference(hr)
+        return self._student(upscale_to(lr, hr)).float(), teacher.float()
 
     @staticmethod
     def _raw(output: Any) -> Tensor:
@@ -106,11 +144,7 @@ class DepthStudent(_TransformersStudent):
     """Depth: scale-and-shift-invariant L1 between the relative depth maps."""
 
     def loss(self, hr: Tensor, lr: Tensor) -> Tensor:
-        return _ssi_l1(*self._outputs(hr, lr))
-
-    @torch.no_grad()
-    def distances(self, hr: Tensor, lr: Tensor) -> dict[str, float]:
-        return {"ssi_l1": float(_ssi_l1(*self._outputs(hr, lr)))}
+        return ssi_l1(*self._outputs(hr, lr))
 
     @staticmethod
     def _raw(output: Any) -> Tensor:
@@ -121,13 +155,7 @@ class SegmentationStudent(_TransformersStudent):
     """Segmentation: KL divergence between the class probabilities."""
 
     def loss(self, hr: Tensor, lr: Tensor) -> Tensor:
-        return _kl(*self._outputs(hr, lr))
-
-    @torch.no_grad()
-    def distances(self, hr: Tensor, lr: Tensor) -> dict[str, float]:
-        student, teacher = self._outputs(hr, lr)
-        agreement = (student.argmax(1) == teacher.argmax(1)).float().mean()
-        return {"kl": float(_kl(student, teacher)), "agreement": float(agreement)}
+        return class_kl(*self._outputs(hr, lr))
 
     @staticmethod
     def _raw(output: Any) -> Tensor:
@@ -137,11 +165,20 @@ class SegmentationStudent(_TransformersStudent):
 ExtractorStudent = HEDStudent | DepthStudent | SegmentationStudent
 
 
-def load_student(kind: ExtractorKind, source: str, cache_dir: Path) -> ExtractorStudent:
+def load_student(
+    kind: ExtractorKind,
+    source: str,
+    cache_dir: Path,
+    side_weight: float = 0.0,
+    feature_weight: float = 0.0,
+) -> ExtractorStudent:
     """The student of ``kind`` from ``source``: HED weights (``bundled``, ``.h5`` or
-    ``.safetensors``), or a ``transformers`` model folder or hub id for depth and seg."""
+    ``.safetensors``), or a ``transformers`` model folder or hub id for depth and seg.
+    Feature-level distillation (``side_weight``, ``feature_weight``) is HED's only."""
     if kind == "hed":
-        return HEDStudent(load_hed(source, cache_dir))
+        return HEDStudent(load_hed(source, cache_dir), side_weight, feature_weight)
+    if side_weight or feature_weight:
+        raise EngineError("side-output and feature distillation are implemented for HED only")
     if kind == "depth":
         return DepthStudent(DepthExtractor.from_pretrained(source))
     if kind == "seg":
@@ -167,20 +204,5 @@ def _train_encoder_only(model: nn.Module) -> None:
     encoder_of(model).requires_grad_(True)
 
 
-def _ssi_l1(student: Tensor, teacher: Tensor) -> Tensor:
-    """Mean |difference| of the maps (B, h, w) after each is centred on its median and
-    divided by its mean absolute deviation (MiDaS's scale-and-shift-invariant L1)."""
-    return (_ssi(student) - _ssi(teacher)).abs().mean()
-
-
-def _ssi(depth: Tensor) -> Tensor:
-    flat = depth.flatten(1)
-    centred = flat - flat.median(dim=1, keepdim=True).values
-    return centred / centred.abs().mean(dim=1, keepdim=True).clamp_min(1e-6)
-
-
-def _kl(student: Tensor, teacher: Tensor) -> Tensor:
-    """KL(teacher || student) over classes, averaged over pixels."""
-    log_student = F.log_softmax(student, dim=1)
-    log_teacher = F.log_softmax(teacher, dim=1)
-    return (log_teacher.exp() * (log_teacher - log_student)).sum(1).mean()
+def _bce(logits: Tensor, target: Tensor) -> Tensor:
+    return F.binary_cross_entropy_with_logits(logits.float(), target)

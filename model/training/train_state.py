@@ -17,7 +17,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -31,13 +31,20 @@ WEIGHTS_FILE = "trainable.safetensors"
 PREFIX = "step-"
 
 
+class RunKey(Protocol):
+    """A frozen dataclass of what must match between the run that wrote a resume point and
+    the run that resumes it (its fields are compared by name)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
 @dataclass(frozen=True)
 class ResumeKey:
-    """What must match between the run that wrote a point and the run that resumes it."""
+    """MegaSR training's :class:`RunKey`: the global batch and its split."""
 
     seed: int
     batch_size: int
-    gradient_accumulation: int
+    micro_batch_size: int
     world_size: int
 
 
@@ -48,7 +55,7 @@ def state_dir(states: Path, step: int) -> Path:
 def save_state(
     target: Path,
     step: int,
-    key: ResumeKey,
+    key: RunKey,
     trainable: dict[str, nn.Parameter],
     parts: dict[str, Any],
 ) -> None:
@@ -68,14 +75,14 @@ def save_state(
 
 
 def load_state(
-    source: Path, key: ResumeKey, trainable: dict[str, nn.Parameter], parts: dict[str, Any]
+    source: Path, key: RunKey, trainable: dict[str, nn.Parameter], parts: dict[str, Any]
 ) -> int:
     """Restore a resume point into the live objects; returns its step."""
     record = read_record(source)
     if record["key"] != key.__dict__:
         raise InvalidParameterError(
-            f"{source} was written with {record['key']}; resuming it needs the same seed, "
-            f"batch size, accumulation and number of processes, not {key.__dict__}"
+            f"{source} was written with {record['key']}; resuming it needs the same "
+            f"{', '.join(key.__dict__)}, not {key.__dict__}"
         )
     missing = sorted(set(parts) - set(record["parts"]))
     if missing:
@@ -100,6 +107,18 @@ def read_record(source: Path) -> dict[str, Any]:
     if record.get("format") != STATE_FORMAT:
         raise InvalidParameterError(f"{source}: resume point format {record.get('format')!r}")
     return record
+
+
+def resume_point(states: Path, option: str, advice: str) -> Path | None:
+    """The resume point ``option`` names: ``latest`` (the newest in ``states``, if any),
+    ``none`` (no point; refused, with ``advice``, when ``states`` holds some) or a folder."""
+    if option == "none":
+        if latest_state(states) is not None:
+            raise InvalidParameterError(
+                f"{states} holds resume points of another run: resume it {advice}"
+            )
+        return None
+    return latest_state(states) if option == "latest" else Path(option)
 
 
 def latest_state(states: Path) -> Path | None:
