@@ -391,12 +391,14 @@ def warm_paths(calibrated: Path) -> dict[str, Upscale]:
         paths[NCNN] = ncnn_upscale()
     except PeerUnavailable as reason:
         print(f"  skipped: {reason}")
-    for name, backend in ((EAGER, "eager"), (COMPILED, "inductor")):
+    backends = {EAGER: "eager"}
+    if any((calibrated / "compiled").glob("*.pt2")):  # the calibration compiled one
+        backends[COMPILED] = "inductor"
+    for name, backend in backends.items():
         engine = RealESRGANEngine(settings.model_copy(update={"backend": backend}))
         engine.load(CPU)
-        if engine.backend == backend:
-            upscaler = Upscaler(engine, batch_size=1)
-            paths[name] = lambda image, u=upscaler: upscale_image(u, image)
+        upscaler = Upscaler(engine, batch_size=1)
+        paths[name] = lambda image, u=upscaler: upscale_image(u, image)
     return paths
 
 
@@ -489,7 +491,7 @@ def row(
         f"{(4 * side) ** 2 / 1e6 / call.seconds:.3f}",
         "" if call.peak_mib is None else f"{call.peak_mib:.0f}",
         f"{tflops:.3f}",
-        f"{100 * tflops / rates.peak(name):.0f} %",
+        f"{100 * tflops / rates.peak(name):.1f} %",
         ratio(REFERENCE),
         ratio(NCNN),
         ratio(NCNN, cpu=True),

@@ -135,6 +135,10 @@ class RealESRGANEngine(TileEngine):
             self._tile_spec = tile_spec_for(choice.tile, choice.overlap)
         self.dtype = dtype or (choice.torch_dtype if choice else fast_dtype(device))
         self._measured_backend = choice.backend if choice else None
+        self._use_backend(net, device)
+
+    def _use_backend(self, net: RRDBNet, device: torch.device) -> None:
+        """The backend the setting asks for now, with the package on disk if it runs one."""
         self._compiled = None
         if device.type == "cpu" and self._backend_setting != "eager":
             use_compile_cache(self._cache_dir)
