@@ -7,8 +7,9 @@ set from its start, and reports:
 
 - **what the cap does**: the ISA oneDNN names for the convolutions it runs
   (``ONEDNN_VERBOSE``) in float32 and bfloat16, and the ISA inductor generates code for;
-- **the peak**: TFLOP/s of a oneDNN GEMM (a 1x1 convolution of 16384 pixels x 512 x 512
-  channels, channels-last) in float32 and, where it is native, bfloat16, under the same cap;
+- **the peak**: cores x clock x FLOPs per cycle of the ISA (:data:`FLOPS_PER_CYCLE`), and
+  what a oneDNN GEMM (a 1x1 convolution of 16384 pixels x 512 x 512 channels,
+  channels-last) reaches under the same cap, in float32 and, where native, bfloat16;
 - **calibration**: ``megasr bench --calibrate`` in a cache of its own (the chosen dtype,
   tile and backend, and the time it took, the inductor compile included);
 - **whole process**, as a user runs each: ``megasr upscale IN -o OUT`` with a cache that
@@ -23,7 +24,8 @@ set from its start, and reports:
 Every row: output megapixels per second, peak RSS, useful TFLOP/s (the network's FLOPs on
 the image itself, counted by ``torch.utils.flop_counter``, over the time: pads and tile
 overlaps are work the path chose to do, and ncnn's Winograd convolutions do fewer
-multiplications for the same output) against the peak of the path's dtype under that cap,
+multiplications for the same output) against the peak of the path's dtype under that cap
+(cores x clock x FLOPs per cycle of that ISA; a measured GEMM's rate is printed beside it),
 speed against float32 and ncnn, and PSNR (RGB, 8-bit) and largest difference against the
 float32 output.
 
@@ -67,7 +69,7 @@ from megasr.model.benchmark.flops import achieved_tflops, count_flops
 from megasr.model.benchmark.machine import describe_machine, load_average
 from megasr.model.benchmark.memory import PeakMemory
 from megasr.model.benchmark.runners import PeerUnavailable, ncnn_upscaler, torch_reference_runner
-from megasr.model.cpu_isa import describe_isa
+from megasr.model.cpu_isa import describe_isa, has_amx
 from megasr.model.device import cpu_has_native_bf16
 from megasr.model.engines.base import TileEngine, TileSpec
 from megasr.model.engines.cpu_choice import load_choice
@@ -162,12 +164,14 @@ def child(args: argparse.Namespace) -> None:
     plain, calibrated = work / "cache-plain", work / f"cache-{isa.lower()}"
     print(f"- {describe_isa()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"- oneDNN kernels: {onednn_kernels()}; inductor codegen: {inductor_isa()}")
-    peaks = {"float32": gemm_peak(torch.float32)}
-    if cpu_has_native_bf16():
-        peaks["bfloat16"] = gemm_peak(torch.bfloat16)
+    peaks = theoretical_peaks()
+    measured = {dtype: gemm_peak(getattr(torch, dtype)) for dtype in peaks}
     print(
-        "- peak (oneDNN GEMM, 16384x512x512, same cap): "
+        "- peak, cores x clock x FLOPs per cycle: "
         + ", ".join(f"{dtype} {tflops:.2f} TFLOP/s" for dtype, tflops in peaks.items())
+        + "; a oneDNN GEMM (16384x512x512, same cap) reached "
+        + ", ".join(f"{dtype} {tflops:.2f}" for dtype, tflops in measured.items())
+        + f" at load average {load_average()}"
     )
     per_pixel = flops_per_input_pixel()
     print(f"- network: {per_pixel / 1e6:.2f} MFLOP per input pixel (x4: per 16 output pixels)")
@@ -216,6 +220,36 @@ def inductor_isa() -> str:
     from torch._inductor.cpu_vec_isa import pick_vec_isa
 
     return str(pick_vec_isa()) or "none"
+
+
+# Multiply-add FLOPs per cycle and core at each cap, on a server core with two 512-bit FMA
+# ports: AMX's tile unit 1024 (bfloat16); AVX512-BF16's dot product 128 (bfloat16);
+# AVX-512 FMA 64 and AVX2 FMA 32 (float32). A Zen 4 core runs 512-bit instructions on 256-bit
+# units: half these AVX-512 rates per cycle.
+FLOPS_PER_CYCLE = {
+    "AVX10_1_512_AMX": {"bfloat16": 1024, "float32": 64},
+    "AVX512_CORE_BF16": {"bfloat16": 128, "float32": 64},
+    "AVX2": {"float32": 32},
+}
+
+
+def theoretical_peaks() -> dict[str, float]:
+    """TFLOP/s per dtype this cap allows: cores x the clock /proc/cpuinfo reports x FLOPs
+    per cycle (the clock a VM reports is its nominal one; turbo would raise it)."""
+    cap = "AVX10_1_512_AMX" if has_amx() else "AVX512_CORE_BF16"
+    if not cpu_has_native_bf16():
+        cap = "AVX2"
+    return {
+        dtype: (os.cpu_count() or 1) * cpu_mhz() * 1e6 * flops / 1e12
+        for dtype, flops in FLOPS_PER_CYCLE[cap].items()
+    }
+
+
+def cpu_mhz() -> float:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("cpu MHz"):
+            return float(line.split(":", 1)[1])
+    raise SystemExit("no clock in /proc/cpuinfo")
 
 
 def gemm_peak(dtype: torch.dtype, seconds: float = 3.0) -> float:
@@ -268,7 +302,7 @@ def warm_up_cache(cache: Path, image: Path) -> None:
 
 def calibrate(cache: Path, eager_only: bool) -> None:
     env = {**os.environ, "MEGASR_CACHE_DIR": str(cache)}
-    command = [*MEGASR, "bench", "--calibrate", "--quiet"]
+    command = [*MEGASR, "bench", "--calibrate", "--quiet", "--repeats", "2"]
     command += ["--backend", "eager"] if eager_only else []
     subprocess.run(command, env=env, check=True)
 
