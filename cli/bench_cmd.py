@@ -123,8 +123,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     settings = Settings.with_overrides(backend=args.backend)
     use_cpu_threads(settings.cpu_threads)  # the choice is per thread count
-    both = ("eager", "inductor")  # auto compares them; eager or inductor measures that one
-    backends = both if settings.backend == "auto" else (settings.backend,)
+    backends = ("eager",) if settings.backend == "eager" else ("eager", "inductor")
     calibration = Calibration(backends=backends, repeats=_positive("--repeats", args.repeats))
     if args.tiles is not None:
         calibration = replace(calibration, tiles=tuple(_sizes(args.tiles, "--tiles", "sides")))

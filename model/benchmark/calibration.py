@@ -84,8 +84,6 @@ def calibrate(
         timings = best_in_turns({"eager": engine.run, "inductor": compiled.run}, crop, calibration)
         measured.update({f"{name} {tile.choice} px tile, s": s for name, s in timings.items()})
         backend = min(timings, key=timings.__getitem__) if compiled.compiled else "eager"
-    elif "eager" not in calibration.backends:
-        backend = "inductor"
     progress(f"backend: {backend}")
     choice = CpuChoice(
         engine=engine.name,
