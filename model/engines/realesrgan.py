@@ -61,12 +61,13 @@ DEFAULT_TILE = 192
 DEFAULT_OVERLAP = 32
 
 
-def tile_spec_for(tile: int, overlap: int | None = None) -> TileSpec:
+def tile_spec_for(tile: int, overlap: int | None = None, whole_up_to: int = 0) -> TileSpec:
     """Tiles of ``tile`` pixels overlapping by ``overlap`` (default: 32, a quarter of a
-    small tile); an image up to 5/3 of a tile runs as one tile of its own size."""
+    small tile); an image up to ``whole_up_to`` (at least 5/3 of a tile) runs as one tile
+    of its own size."""
     if overlap is None:
         overlap = min(DEFAULT_OVERLAP, tile // 4)
-    return TileSpec(size=tile, overlap=overlap, whole_up_to=tile * 5 // 3)
+    return TileSpec(size=tile, overlap=overlap, whole_up_to=max(whole_up_to, tile * 5 // 3))
 
 
 def weights_cache_path(cache_dir: Path) -> Path:
@@ -132,7 +133,10 @@ class RealESRGANEngine(TileEngine):
         self._net, self._device = net, device
         choice = load_choice(self._cache_dir, self.name) if device.type == "cpu" else None
         if choice is not None and not self._tile_setting:
-            self._tile_spec = tile_spec_for(choice.tile, choice.overlap)
+            # A calibrated tile is chosen for large images; a small one still runs whole,
+            # as with the default tile (four small tiles would repeat their overlap).
+            whole = tile_spec_for(DEFAULT_TILE).whole_up_to
+            self._tile_spec = tile_spec_for(choice.tile, choice.overlap, whole)
         self.dtype = dtype or (choice.torch_dtype if choice else fast_dtype(device))
         self._measured_backend = choice.backend if choice else None
         self._use_backend(net, device)
