@@ -64,8 +64,10 @@ def test_the_cached_choice_is_what_loads_and_explicit_settings_win(tmp_path: Pat
         6,
         torch.float32,
     )
+    assert engine.tile_spec.whole_up_to == 320  # a small image still runs as one tile
     explicit = tiny(tmp_path, tile=24)
     assert (explicit.tile_spec.size, explicit.tile_spec.overlap) == (24, 6)
+    assert explicit.tile_spec.whole_up_to == 40  # a tile asked for bounds memory too
     forced = TinyRealESRGAN(Settings(cache_dir=tmp_path))
     forced.load(CPU, torch.bfloat16)  # MEGASR_DTYPE named: the pool passes it
     assert forced.dtype == torch.bfloat16
