@@ -18,7 +18,9 @@ calibration never saw. The variants:
 The speed of a kept variant would then be measured with real int8 kernels; a variant that
 misses the bar is not worth that.
 
-    .venv/bin/python bench/cpu_int8_quality.py             # about 20 min on 2 quiet cores
+    .venv/bin/python bench/cpu_int8_quality.py      # every range; ~1 GiB
+    OMP_NUM_THREADS=1 .venv/bin/python bench/cpu_int8_quality.py --ranges minmax \
+        --rank-crop 16 --keep 8,32,96               # 6 min on one thread of a busy machine
 """
 
 from __future__ import annotations
