@@ -4,7 +4,7 @@ Builds SD-2-base-size MegaSR (U-Net, ControlNet, CSM + MSFM in every attention b
 random weights in bfloat16, configurations in code, no downloads. One denoising step is one
 forward of U-Net + ControlNet with classifier-free guidance (so a batch of N 64x64 latent
 tiles, 512 px each, runs 2N samples), the pipeline's unit of work. Batches 1, 2, 4, 8: eager
-without the step cache (every step computes the MSFM modulation and the CSM keys and values),
+without the step cache (every step computes the MSFM modulation and the Connectors' image tokens),
 eager with it (the sampler's steady state), and under ``torch.compile``; the whole run stays
 within ``--budget-s`` (8 minutes by default), skipping what no longer fits. Host-to-device
 traffic of the sampling loop is measured by ``bench/megasr_sampling.py``'s counter when run with
@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from megasr.model.megasr.adapter import is_adapter_key
 from megasr.model.megasr.conditions import MegaSRConditions, StepCache
-from megasr.model.megasr.csm import CSMProcessor
+from megasr.model.megasr.csm import CSM
 from megasr.model.megasr.denoiser import MegaSRDenoiser
 from megasr.model.megasr.msfm import MSFM
 from megasr.model.megasr.presets import SD2_BASE_MODULES, SD2_BASE_UNET, sd2_base_denoiser
@@ -56,7 +56,7 @@ def parameter_counts(denoiser: MegaSRDenoiser) -> dict[str, int]:
     return {
         "unet": base(denoiser.unet),
         "controlnet": base(denoiser.controlnet),
-        "csm": new(CSMProcessor),
+        "csm": new(CSM),
         "msfm": new(MSFM),
     }
 

@@ -45,12 +45,18 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from megasr.model.benchmark.machine import describe_machine, load_average
 from megasr.model.benchmark.memory import PeakMemory
-from megasr.model.megasr import components
-from megasr.model.megasr.components import build_tiny_model
 from megasr.model.megasr.conditions import MegaSRConditions
 from megasr.model.megasr.presets import SD2_BASE_MODULES, sd2_base_denoiser
 
-SIDE = "after" if hasattr(components, "RestoreInput") else "before"
+try:  # the diffusers pipeline of this checkout
+    from megasr.model.megasr.pipeline import MegaSRPipeline, RestoreInput
+    from megasr.model.megasr.presets import build_tiny_pipeline
+
+    SIDE = "after"
+except ImportError:  # a checkout before the whole-image pipeline (--before)
+    from megasr.model.megasr.components import build_tiny_model
+
+    SIDE = "before"
 
 
 class DeviceMoves:
@@ -88,43 +94,55 @@ class DeviceMoves:
         torch.Tensor.to = self._original
 
 
-def build(full: bool, device: torch.device, dtype: torch.dtype) -> components.MegaSRModel:
+def build(full: bool, device: torch.device, dtype: torch.dtype):
     """The tiny model, or the tiny one with the full-size denoiser and a text encoder of
     SD-2's width (1024) in place of theirs."""
-    model = build_tiny_model(0)
-    if full:
-        modules = replace(SD2_BASE_MODULES, clip_width=model.extractors.clip_width)
-        model.denoiser = sd2_base_denoiser(modules)
-        tokenizer = model.tokenizer
-        eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
-        model.text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                hidden_size=1024,
-                intermediate_size=64,
-                num_hidden_layers=1,
-                num_attention_heads=8,
-                max_position_embeddings=tokenizer.model_max_length,
-                vocab_size=len(tokenizer),
-                bos_token_id=tokenizer.convert_tokens_to_ids(tokenizer.bos_token),
-                eos_token_id=eos,
-                pad_token_id=eos,
-            )
-        )
+    model = build_tiny_pipeline(0) if SIDE == "after" else build_tiny_model(0)
+    if not full:
+        return model.to(device, dtype).freeze()
+    modules = replace(SD2_BASE_MODULES, clip_width=model.extractors.clip_width)
+    denoiser = sd2_base_denoiser(modules)
+    text_encoder = _wide_text_encoder(model.tokenizer)
+    if SIDE == "before":
+        model.denoiser, model.text_encoder = denoiser, text_encoder
         model.config = replace(model.config, modules=modules)
+        return model.to(device, dtype).freeze()
+    parts = {**model.components, "unet": denoiser.unet, "controlnet": denoiser.controlnet}
+    model = MegaSRPipeline(**{**parts, "text_encoder": text_encoder}, **_settings(model))
     return model.to(device, dtype).freeze()
+
+
+def _settings(pipe) -> dict:
+    return {"inference": pipe.config.inference, "preset": pipe.config.preset}
+
+
+def _wide_text_encoder(tokenizer) -> CLIPTextModel:
+    eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    return CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=1024,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=8,
+            max_position_embeddings=tokenizer.model_max_length,
+            vocab_size=len(tokenizer),
+            bos_token_id=tokenizer.convert_tokens_to_ids(tokenizer.bos_token),
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+    )
 
 
 def restore(model, lr: torch.Tensor, options, on_step) -> torch.Tensor:
     """One image through the sampling pipeline, with either side's API."""
     size = (lr.shape[-2] * 4, lr.shape[-1] * 4)
-    pipeline = model.pipeline()
     if SIDE == "after":
-        given = components.RestoreInput(lr, size, prompt="a photo", seed=1, options=options)
+        given = RestoreInput(lr, size, prompt="a photo", seed=1, options=options)
         (request,) = model.prepare([given])
         request.on_step = on_step
-        return pipeline.restore_one(request, batch_size=1)
+        return model.restore_one(request, batch_size=1)
     request = replace(model.prepare(lr, size, "a photo", 1), on_step=on_step)
-    return pipeline.restore_one(request, options, batch_size=1)
+    return model.pipeline().restore_one(request, options, batch_size=1)
 
 
 def measure_steps(full: bool, tile: int, steps: int, device: torch.device) -> dict:
@@ -132,7 +150,7 @@ def measure_steps(full: bool, tile: int, steps: int, device: torch.device) -> di
     model = build(full, device, dtype)
     overlap = tile // 4  # one tile covers the image: the overlap only has to be valid
     options = replace(
-        model.config.inference,
+        model.inference if SIDE == "after" else model.config.inference,
         steps=steps,
         latent_tile=tile,
         latent_tile_overlap=overlap,

@@ -60,6 +60,7 @@ from loopback import (  # noqa: E402
     ChildServer,
     free_port,
     gateway_command,
+    service_env,
     uvicorn_command,
     worker_command,
 )
@@ -383,20 +384,6 @@ def run(config: LoadConfig, env: dict[str, str] | None = None) -> Report:
             submits = measure_submits(redis, root, config, env)
             end_to_end = measure_end_to_end(redis, root, config, env)
     return Report(submits.rows + end_to_end.rows, submits.notes + end_to_end.notes)
-
-
-def service_env(base: dict[str, str], redis_url: str, data_dir: Path, queue: str) -> dict[str, str]:
-    """Child settings: one Redis and queue, local storage, auth and every limit off."""
-    return {
-        **base,
-        "MEGASR_REDIS_URL": redis_url,
-        "MEGASR_DATA_DIR": str(data_dir),
-        "MEGASR_QUEUE_NAME": queue,
-        "MEGASR_AUTH_ENABLED": "false",
-        "MEGASR_RATE_LIMIT_PER_MINUTE": "0",
-        "MEGASR_MAX_JOBS_IN_FLIGHT": "0",
-        "MEGASR_MAX_QUEUE_DEPTH": "0",
-    }
 
 
 def _bare_server(env: dict[str, str], log: Path) -> ChildServer:

@@ -1,8 +1,11 @@
-"""``megasr model init|info``: build a MegaSR checkpoint, or describe one.
+"""``megasr model init|info|convert``: build a MegaSR checkpoint, describe one, or convert one
+of the earlier layout.
 
+A checkpoint is a saved diffusers pipeline (``MegaSRPipeline.from_pretrained`` loads it).
 ``init --preset tiny`` needs nothing from outside (tiny random weights for smoke tests);
 ``init`` with ``--sd --clip --depth --seg`` copies real base components (local directories,
-or hub ids where a hub is reachable) into a self-contained checkpoint.
+or hub ids where a hub is reachable) into a self-contained checkpoint, and ``--controlnet``
+starts its ControlNet from a pretrained SD-2 ControlNet instead of a copy of the U-Net.
 """
 
 from __future__ import annotations
@@ -37,7 +40,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     base.add_argument("--seg", help="semantic segmentation model (transformers)")
     base.add_argument("--hed", default="bundled", help="HED weights: bundled, .h5 or .safetensors")
     base.add_argument("--tagger", choices=("clip", "none"), default="clip")
+    base.add_argument(
+        "--controlnet",
+        metavar="PATH_OR_ID",
+        help="start the ControlNet from this SD-2 ControlNet in diffusers layout (a "
+        "ControlNetModel folder or hub id, e.g. SeeSR's released ControlNet) instead of a copy "
+        "of the U-Net: its weights mapped by name, the MegaSR modules added zero-gated",
+    )
     init.set_defaults(func=run_init)
+
+    convert = actions.add_parser(
+        "convert",
+        help="convert a checkpoint of the earlier layout (megasr.json, adapter.safetensors) "
+        "into a pipeline checkpoint",
+    )
+    convert.add_argument("old", type=Path, metavar="OLD", help="the format-2 checkpoint")
+    convert.add_argument("new", type=Path, metavar="NEW", help="the folder to write")
+    convert.set_defaults(func=run_convert)
 
     info = actions.add_parser(
         "info",
@@ -57,9 +76,10 @@ def run_init(args: argparse.Namespace) -> int:
 
     given = [name for name in BASE_OPTIONS if getattr(args, name)]
     if args.preset == "tiny":
-        if given:
+        if given or args.controlnet:
+            dropped = [*given, "controlnet"] if args.controlnet else given
             raise InvalidParameterError(
-                f"--preset tiny builds every component itself; drop --{', --'.join(given)}"
+                f"--preset tiny builds every component itself; drop --{', --'.join(dropped)}"
             )
         init_tiny_checkpoint(args.out, seed=args.seed)
     else:
@@ -75,6 +95,7 @@ def run_init(args: argparse.Namespace) -> int:
             segmentation=args.seg,
             hed=args.hed,
             tagger=args.tagger,
+            controlnet=args.controlnet,
         )
         init_checkpoint(sources, args.out)
     print(checkpoint_info(args.out).to_text())
@@ -85,4 +106,13 @@ def run_info(args: argparse.Namespace) -> int:
     from megasr.model.megasr.checkpoint_info import checkpoint_info
 
     print(checkpoint_info(args.checkpoint).to_text())
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from megasr.model.megasr.checkpoint_info import checkpoint_info
+    from megasr.model.megasr.convert import convert_checkpoint
+
+    convert_checkpoint(args.old, args.new)
+    print(checkpoint_info(args.new).to_text())
     return 0

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, get_args
 
 from megasr.cli.upscale_arguments import add_diffusion_arguments, add_size_arguments
+from megasr.cli.upscale_report import UpscaleReport, advance
+from megasr.engine_catalog import AUTO, CATALOG, engine_names
 from megasr.errors import ImageTooLargeError, InvalidParameterError, MegaSRError
 from megasr.files import write_atomic
 from megasr.imaging.encode import OUTPUT_FORMATS, default_output_format, normalize_format
@@ -31,7 +33,6 @@ class Request:
     limits: ImageLimits
     max_output_pixels: int
     quiet: bool
-    options: GenerationOptions
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "upscale",
         help="upscale images on this machine",
         description="Upscale image files (or every image in a folder) and write the results.",
+        epilog="engines:\n"
+        + "\n".join(f"  {entry.name:24} {entry.description}" for entry in CATALOG.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders"
@@ -61,7 +65,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="output folder, or a file name when there is one input file",
     )
     add_size_arguments(parser)
-    parser.add_argument("--engine", default=None, help="auto, realesrgan-x4plus or megasr")
+    parser.add_argument(
+        "--engine",
+        default=None,
+        help="auto (the default) or an engine below (megasr needs --model)",
+    )
     parser.add_argument("--model", type=Path, default=None, help="MegaSR checkpoint folder")
     parser.add_argument(
         "--format",
@@ -84,93 +92,167 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         choices=get_args(Backend),
         help="how realesrgan-x4plus runs: eager, inductor (torch.compile), auto",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bar, no list of files written"
+    )
     add_diffusion_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check every input, then load the engine (only if one passed), then upscale each."""
     settings = _settings(args)
     request = _request(args, settings)
-    jobs = plan_jobs(args.inputs, args.output)
+    if settings.engine not in (AUTO, *engine_names()):
+        choices = ", ".join((AUTO, *CATALOG))
+        raise InvalidParameterError(f"unknown engine {settings.engine!r}; choose one of {choices}")
+    plan = plan_jobs(args.inputs, args.output)
+    report = UpscaleReport(args.quiet, len(plan.jobs))
+    report.not_images(plan.not_images)
+    checked = [(job, info) for job in plan.jobs if (info := _check(job, request, report))]
+    if checked:  # torch and the model code load from here on, only for inputs that passed
+        from megasr.model.engines.base import GenerationOptions
+        from megasr.model.loading_bars import hide_loading_bars
 
-    from megasr.model.engines.registry import load_engine
-    from megasr.model.upscaler import Upscaler
-
-    engine = load_engine(settings.engine, settings)
-    upscaler = Upscaler(engine)
-    failures = 0
-    with _progress(len(jobs), "images", args.quiet) as images:
-        for job in jobs:
+        options = GenerationOptions.of(args)
+        hide_loading_bars()  # the project's own bar is the one progress display
+        engines = _Engines(settings)
+        for index, (job, info) in enumerate(checked, 1):
             try:
-                _upscale_one(job, upscaler, request)
+                position = f"{index}/{len(checked)}"
+                _upscale_one(job, info, engines, request, options, report, position)
             except MegaSRError as error:
-                failures += 1
-                images.write(f"megasr: error: {job.source}: {error.detail}", file=sys.stderr)
-                continue  # the bar counts written images: a refused one is not done
-            images.update(1)
-    return 1 if failures else 0
+                report.refused(job.source, error)
+    report.summary()
+    return 1 if report.failed else 0
 
 
-def plan_jobs(inputs: list[Path], output: Path) -> list[Job]:
+@dataclass(frozen=True)
+class Plan:
+    """The inputs to upscale, and the folder entries left alone (not named as images)."""
+
+    jobs: list[Job]
+    not_images: list[Path]
+
+
+def plan_jobs(inputs: list[Path], output: Path) -> Plan:
     """Expand folders, check that every input exists, and decide each output path."""
     sources: list[Path] = []
+    not_images: list[Path] = []
     for path in inputs:
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            entries = sorted(path.iterdir())
+            found = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
             if not found:
                 raise InvalidParameterError(f"{path}: no image files in this folder")
             sources.extend(found)
+            not_images.extend(p for p in entries if p not in found)
         elif path.is_file():
             sources.append(path)
         else:
             raise InvalidParameterError(f"{path}: no such file or folder")
     single_file = len(sources) == 1 and not inputs[0].is_dir() and output.suffix != ""
     if single_file and not output.is_dir():
-        return [Job(sources[0], output, is_file=True)]
+        return Plan([Job(sources[0], output, is_file=True)], not_images)
     if output.exists() and not output.is_dir():
         raise InvalidParameterError(f"{output}: exists and is not a folder")
     stems = [s.stem for s in sources]
     if len(set(stems)) != len(stems):
         raise InvalidParameterError("two inputs share a file name; use separate output folders")
-    return [Job(s, output, is_file=False) for s in sources]
+    return Plan([Job(s, output, is_file=False) for s in sources], not_images)
 
 
-def _upscale_one(job: Job, upscaler: Upscaler, request: Request) -> None:
+@dataclass(frozen=True)
+class Checked:
+    """What the check of an input found: its upright size and where its result goes."""
+
+    width: int
+    height: int
+    target: Path
+    output_format: str
+
+
+def _check(job: Job, request: Request, report: UpscaleReport) -> Checked | None:
+    """Read ``job``'s input and check it as the gateway checks an upload (header, limits, the
+    whole file where that is cheap), and its output size and path; None (reported) if refused.
+    Nothing here loads a model, so a bad input is refused in well under a second."""
+    from megasr.imaging.decode import check_upload
+
+    try:
+        info = check_upload(_read(job.source, request.limits), request.limits)
+        request.size.resolve(info.width, info.height, request.max_output_pixels)
+        if job.is_file:
+            fmt = request.output_format or normalize_format(job.output.suffix.lstrip("."))
+            target = job.output
+        else:
+            fmt = request.output_format or default_output_format(info.format)
+            target = job.output / f"{job.source.stem}{OUTPUT_FORMATS[fmt].extension}"
+        if target.resolve() == job.source.resolve():
+            raise InvalidParameterError("the output would overwrite the input; choose another -o")
+    except MegaSRError as error:
+        report.refused(job.source, error)
+        return None
+    return Checked(info.width, info.height, target, fmt)
+
+
+class _Engines:
+    """The engines of this run, each loaded on first use: a family's variant depends on the
+    factor each image is enlarged by (``realesr-animevideov3`` runs x2 for a x2 request)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from megasr.model.engines.registry import resolve_engine_name
+
+        self.settings = settings
+        self.name = resolve_engine_name(settings.engine, settings)
+        self._upscalers: dict[str, Upscaler] = {}
+
+    def for_factor(self, factor: float, report: UpscaleReport) -> Upscaler:
+        from megasr.engine_catalog import variant_for
+        from megasr.model.engines.registry import load_engine
+        from megasr.model.upscaler import Upscaler
+
+        name = variant_for(self.name, factor)
+        if name not in self._upscalers:
+            with report.status(f"loading {name}"):
+                self._upscalers[name] = Upscaler(load_engine(name, self.settings))
+        return self._upscalers[name]
+
+
+def _upscale_one(
+    job: Job,
+    checked: Checked,
+    engines: _Engines,
+    request: Request,
+    options: GenerationOptions,
+    report: UpscaleReport,
+    position: str,
+) -> None:
     from megasr.imaging.decode import decode_image
     from megasr.imaging.encode import encode_image
 
+    factor = request.size.factor(checked.width, checked.height, request.max_output_pixels)
+    upscaler = engines.for_factor(factor, report)
+    started = time.monotonic()
     image = decode_image(_read(job.source, request.limits), request.limits)
-    if job.is_file:
-        fmt = request.output_format or normalize_format(job.output.suffix.lstrip("."))
-        target = job.output
-    else:
-        fmt = request.output_format or default_output_format(image.source_format)
-        target = job.output / f"{job.source.stem}{OUTPUT_FORMATS[fmt].extension}"
-    if target.resolve() == job.source.resolve():
-        raise InvalidParameterError("the output would overwrite the input; choose another -o")
-    with _progress(None, upscaler.progress_unit, request.quiet, leave=False) as bar:
-
-        def on_progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with report.bar(f"{position} {job.source.name}", upscaler.progress_unit) as bar:
         result = upscaler.upscale(
             image,
             request.size,
             request.max_output_pixels,
-            on_progress=on_progress,
-            options=request.options,
+            on_progress=lambda done, total: advance(bar, done, total),
+            options=options,
         )
     data = encode_image(
         result.rgb,
         result.alpha,
-        fmt,
+        checked.output_format,
         quality=request.quality,
         bit_depth=result.bit_depth,
         grayscale=result.grayscale,
     )
-    write_atomic(target, data)
+    write_atomic(checked.target, data)
+    size = (result.rgb.shape[1], result.rgb.shape[0])
+    report.wrote(checked.target, size, upscaler.engine.name, time.monotonic() - started)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -190,8 +272,6 @@ def _request(args: argparse.Namespace, settings: Settings) -> Request:
         raise InvalidParameterError("give either --scale or --width/--height, not both")
     if args.quality is not None and not 1 <= args.quality <= 100:
         raise InvalidParameterError("--quality must be between 1 and 100")
-    from megasr.model.engines.base import GenerationOptions
-
     return Request(
         size=OutputSize(scale=args.scale, width=args.width, height=args.height),
         output_format=None if args.output_format is None else normalize_format(args.output_format),
@@ -199,7 +279,6 @@ def _request(args: argparse.Namespace, settings: Settings) -> Request:
         limits=ImageLimits(settings.max_upload_bytes, settings.max_input_pixels),
         max_output_pixels=settings.max_output_pixels,
         quiet=args.quiet,
-        options=GenerationOptions.of(args),
     )
 
 
@@ -212,11 +291,3 @@ def _read(path: Path, limits: ImageLimits) -> bytes:
         return path.read_bytes()
     except OSError as error:
         raise InvalidParameterError(f"cannot read the file: {error.strerror}") from error
-
-
-def _progress(total: int | None, unit: str, quiet: bool, leave: bool = True):
-    """A bar on stderr; none with --quiet or when stderr is no terminal (a log, a pipe)."""
-    from tqdm import tqdm
-
-    hidden = quiet or not sys.stderr.isatty()
-    return tqdm(total=total, unit=f" {unit}", disable=hidden, leave=leave, file=sys.stderr)

@@ -2,9 +2,10 @@
 
 The worker's HTTP port (``/metrics``, ``/healthz``, ``/readyz``) opens first, so a probe sees
 the process alive while weights load; ``/readyz`` turns true once every engine is warm.
-``--burst`` drains the queues and exits (for tests and one-off runs). The exit status is 0
-after a clean stop, and 70 when the worker stopped because its device failed (a hung engine
-call, a sticky CUDA error): an orchestrator restarts it.
+``--burst`` drains the queues and exits (for tests and one-off runs). Once the worker stops
+taking jobs, its probes answer 503 for ``MEGASR_WORKER_EXIT_LINGER_S`` before it exits. The
+exit status is 0 after a clean stop, and 70 when the worker stopped because its device failed
+(a hung engine call, a sticky CUDA error): an orchestrator restarts it.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: torch and the engines load only for this command.
+    from megasr.cli.serve_cmd import skip_final_collection
     from megasr.queue import redis_connection
     from megasr.worker.batching import BatchingWorker
-    from megasr.worker.health import EXIT_UNHEALTHY
+    from megasr.worker.health import EXIT_UNHEALTHY, linger
     from megasr.worker.runtime import WorkerRuntime
     from megasr.worker.status_server import StatusServer
 
@@ -56,17 +58,19 @@ def run(args: argparse.Namespace) -> int:
         settings.worker_host,
         settings.worker_metrics_port,
         runtime.metrics,
-        is_ready=lambda: runtime.engines.ready,
-        problem=worker.health.problem,
+        worker.health,
+        engines_ready=lambda: runtime.engines.ready,
     ).start()
     print(f"megasr worker {worker.name}: metrics and probes on {server.url}", flush=True)
     try:
         runtime.load_engines(on_change=worker.announce_engines)
         worker.listen(runtime.engines.slots)
         worker.work(burst=args.burst, logging_level="INFO")
+        linger(worker.health, settings.worker_exit_linger_s)  # 503 where a probe can see it
     finally:
         server.close()
         runtime.close()
+        skip_final_collection()  # a stopping worker exits seconds sooner
     return EXIT_UNHEALTHY if worker.health.failed else 0
 
 

@@ -7,6 +7,10 @@ out when its key expires. Every submit reads this registry, so the read never sc
 keyspace (a SCAN costs the whole keyspace, whatever else shares the Redis): it reads the set,
 fetches the named records in one MGET, and removes from the set the names whose record has
 expired.
+
+Workers announce the engines they loaded, a family as its variants
+(:mod:`megasr.engine_catalog`); the catalog read here folds them back into the family, so a
+listing names what a user can ask for, with its description.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel
 from redis import Redis
+
+from megasr.engine_catalog import describe, public_name
 
 ENGINES_KEY_PREFIX = "megasr:engines:"
 WORKERS_KEY = "megasr:engines"  # the set of worker names that have announced engines
@@ -28,12 +34,18 @@ class EngineState(StrEnum):
 
 
 class EngineInfo(BaseModel):
-    """One engine across the fleet: its best state and how many workers are ready with it."""
+    """One engine across the fleet: its best state and how many workers are ready with it.
+
+    ``description`` is the catalog's one line (None for an engine of a deployment's own);
+    ``variants``, for a family, the engines that run it (one per native scale).
+    """
 
     name: str
+    description: str | None = None
     state: EngineState
     workers: int = 0
     detail: str | None = None
+    variants: list[str] | None = None
 
 
 class EngineCatalog(BaseModel):
@@ -68,22 +80,43 @@ def withdraw_engines(connection: Redis, worker_name: str) -> None:
 
 
 def read_engines(connection: Redis) -> EngineCatalog:
-    """Every engine some live worker announced, ready ones counted, sorted by name."""
+    """Every engine some live worker announced, ready ones counted, sorted by name; a
+    family's variants as one engine, ready on a worker when all of them are."""
     merged: dict[str, EngineInfo] = {}
     default = None
     for record in _live_records(connection):
         default = default or record.get("default")
         details = record.get("details") or {}
-        for name, state_text in record.get("engines", {}).items():
-            state = EngineState(state_text)
-            info = merged.setdefault(name, EngineInfo(name=name, state=state))
+        for name, (state, detail, variants) in _fold(record, details).items():
+            info = merged.setdefault(
+                name, EngineInfo(name=name, description=describe(name), state=state)
+            )
             if state is EngineState.READY:
                 info.workers += 1
             info.state = _best(info.state, state)
-            if info.state is not EngineState.READY and name in details:
-                info.detail = details[name]
+            if info.state is not EngineState.READY and detail is not None:
+                info.detail = detail
+            if variants:
+                info.variants = sorted({*(info.variants or []), *variants})
     engines = sorted(merged.values(), key=lambda info: info.name)
-    return EngineCatalog(engines=engines, default=default)
+    return EngineCatalog(engines=engines, default=default and public_name(default))
+
+
+def _fold(
+    record: dict, details: dict[str, str]
+) -> dict[str, tuple[EngineState, str | None, list[str]]]:
+    """One worker's engines by public name: the least ready state of a family's variants,
+    a detail of the first one not ready, and the variants (empty for a plain engine)."""
+    folded: dict[str, tuple[EngineState, str | None, list[str]]] = {}
+    for name, state_text in record.get("engines", {}).items():
+        state = EngineState(state_text)
+        public = public_name(name)
+        earlier, detail, variants = folded.get(public, (EngineState.READY, None, []))
+        if state is not EngineState.READY and detail is None:
+            detail = details.get(name)
+        variants = [*variants, name] if public != name else variants
+        folded[public] = (_worst(earlier, state), detail, variants)
+    return folded
 
 
 # Drop a name from the set only if its record is still missing: a worker may announce itself
@@ -112,6 +145,12 @@ def _live_records(connection: Redis) -> list[dict]:
     return [json.loads(raw) for raw in raws if raw is not None]
 
 
+_ORDER = (EngineState.FAILED, EngineState.LOADING, EngineState.READY)
+
+
 def _best(a: EngineState, b: EngineState) -> EngineState:
-    order = (EngineState.FAILED, EngineState.LOADING, EngineState.READY)
-    return max(a, b, key=order.index)
+    return max(a, b, key=_ORDER.index)
+
+
+def _worst(a: EngineState, b: EngineState) -> EngineState:
+    return min(a, b, key=_ORDER.index)

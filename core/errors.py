@@ -28,6 +28,25 @@ class InvalidImageError(MegaSRError):
     title = "Invalid image"
 
 
+class MalformedRequestError(MegaSRError):
+    """The request itself is broken: a multipart body that does not parse or ends before its
+    closing boundary, or HTTP framing that could be read two ways (Content-Length and
+    Transfer-Encoding together)."""
+
+    status = 400
+    problem_type = "malformed-request"
+    title = "Malformed request"
+
+
+class RequestTimeoutError(MegaSRError):
+    """The client sent its request body too slowly: past the upload deadline, paused past the
+    idle deadline, or too slow to finish in time while the gateway needed its place."""
+
+    status = 408
+    problem_type = "request-timeout"
+    title = "Request timeout"
+
+
 class ImageTooLargeError(MegaSRError):
     """Bytes or pixels over the configured limits, or a decompression bomb."""
 
@@ -101,15 +120,19 @@ class ServiceUnavailableError(MegaSRError):
 
     Its detail may name hosts, paths or library errors, so the gateway logs it and answers a
     generic one, unless it was raised ``public=True`` (a detail written for the client).
+    ``retry_after_s`` is when to try again, where the gateway knows better than its default.
     """
 
     status = 503
     problem_type = "service-unavailable"
     title = "Service unavailable"
 
-    def __init__(self, detail: str, *, public: bool = False) -> None:
+    def __init__(
+        self, detail: str, *, public: bool = False, retry_after_s: int | None = None
+    ) -> None:
         super().__init__(detail)
         self.public = public
+        self.retry_after_s = retry_after_s
 
 
 class JobFailedError(MegaSRError):

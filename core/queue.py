@@ -18,6 +18,7 @@ from typing import Any
 
 from redis import Redis
 from redis.backoff import ExponentialBackoff
+from redis.client import Pipeline
 from redis.retry import Retry as RedisRetry
 from rq import Queue, Retry
 from rq.job import Job
@@ -120,11 +121,15 @@ class EngineQueues:
             return sum(pipeline.execute())
 
 
-def enqueue_upscale(queues: EngineQueues, payload: JobPayload) -> Job:
+def enqueue_upscale(
+    queues: EngineQueues, payload: JobPayload, pipeline: Pipeline | None = None
+) -> Job:
     """Queue ``megasr.worker.tasks.upscale(payload)`` under the payload's job id, on the
-    queue of its engine (``payload["engine"]``)."""
+    queue of its engine (``payload["engine"]``); with ``pipeline``, as part of its
+    transaction (nothing is written until the caller executes it)."""
     queue = queues.get(payload["engine"])
-    return queue.enqueue_call(TASK_FUNC, **upscale_job_options(payload, queues.settings))
+    options = upscale_job_options(payload, queues.settings)
+    return queue.enqueue_call(TASK_FUNC, pipeline=pipeline, **options)
 
 
 def upscale_job_options(payload: JobPayload, settings: Settings) -> dict[str, Any]:

@@ -15,6 +15,10 @@ take), so two cleaners never act on one job:
   (``heartbeat_ttl_s``) after a cleaner first saw it, was taken by a worker that died before
   starting it: it goes back to the front of its queue, without spending a retry (it never
   ran).
+
+When the caller knows that a queue's workers are all gone (``megasr serve`` after it stopped
+its one worker), :func:`hand_back` does the same at once, without waiting for the leases to
+run out, and the interrupted jobs keep their retries: stopping the service is nobody's fault.
 """
 
 from __future__ import annotations
@@ -113,6 +117,29 @@ def recover_intermediate(queue: Queue, grace_s: float) -> int:
             recovered += 1
             logger.warning("job %s was dequeued but never started; queued again", job_id)
     return recovered
+
+
+def hand_back(queue: Queue) -> int:
+    """Queue again every job that a worker of ``queue`` had taken, now and keeping its
+    retries; how many. Only for a queue none of whose workers runs any more."""
+    started = queue.started_job_registry
+    handed = len(started.get_job_ids(cleanup=False))
+    started.cleanup(timestamp=float("inf"), exception_handlers=[_keep_retry])
+    for job_id in queue.intermediate_queue.get_job_ids():
+        handed += requeue_from_intermediate(queue, job_id)
+    return handed
+
+
+def _keep_retry(
+    job: Job,
+    kind: type[BaseException] | None,
+    error: BaseException | None,
+    traceback: TracebackType | None,
+) -> bool:
+    """RQ exception handler: an abandoned job gets back the retry RQ's requeue takes off."""
+    if kind is AbandonedJobError and job.func_name == TASK_FUNC:
+        job.retries_left = (job.retries_left or 0) + 1
+    return True
 
 
 def requeue_from_intermediate(queue: Queue, job_id: str) -> bool:

@@ -129,6 +129,15 @@ class Settings(BaseSettings):
     submit_fsync_timeout_ms: int = Field(
         2000, ge=0, description="How long a 202 waits for WAITAOF; 0 = does not wait."
     )
+    # Uploads, per gateway process: at once, bytes held, and how long one may take.
+    max_concurrent_uploads: int = Field(16, gt=0, description="Uploads read at once (503 past).")
+    max_upload_bytes_in_flight: int = Field(
+        256 * 1024 * 1024, gt=0, description="Bytes of uploads held at once (503 past)."
+    )
+    upload_timeout_s: float = Field(120.0, gt=0, description="Longest an upload body takes (408).")
+    upload_idle_timeout_s: float = Field(
+        20.0, gt=0, description="Longest pause within an upload body (408)."
+    )
 
     # Worker: webhooks (the gateway sends some too), metrics port, batching, heartbeats.
     webhook_secret: SecretStr | None = None
@@ -147,6 +156,15 @@ class Settings(BaseSettings):
     )
     storage_retry_s: float = Field(
         60.0, ge=0, description="How long a worker retries storage it cannot reach."
+    )
+    worker_exit_linger_s: float = Field(
+        0.0,
+        ge=0,
+        description="How long a stopping worker answers 503 on its probes before it exits.",
+    )
+    test_stop_at: Literal["engine-returned", "result-stored", "claimed", "ended"] | None = Field(
+        None,
+        description="Tests only: the point of a job's end where a worker stops itself (SIGSTOP).",
     )
     worker_engines: list[str] = Field(
         default_factory=lambda: ["auto"],

@@ -4,8 +4,9 @@ transformers draws "Loading weights" for each ``from_pretrained`` of the megasr 
 encoder and extractors, and huggingface_hub one per download; a command asked to be quiet
 should print neither. Both read ``HF_HUB_DISABLE_PROGRESS_BARS`` when first imported, so
 setting it before the engine is built costs no import here; a library already imported is
-switched off through its own call. diffusers has no such variable: its one loading bar is for
-sharded checkpoints, which a MegaSR checkpoint (saved unsharded) does not have.
+switched off through its own call. diffusers has no such variable: the MegaSR checkpoint
+loader reads the same one before it loads a pipeline (diffusers draws "Loading pipeline
+components..." there).
 """
 
 from __future__ import annotations

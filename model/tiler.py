@@ -1,7 +1,8 @@
 """Split any image into overlapping fixed-shape tiles and blend the results back.
 
 Fixed shapes let one engine call take tiles of many images (the worker batches across
-jobs). Images smaller than a tile, or not a multiple of the engine's size multiple, are
+jobs). :func:`tile_starts` places tiles for every tiler of the project, MegaSR's latent tiles
+included. Images smaller than a tile, or not a multiple of the engine's size multiple, are
 padded by reflection. Tiles are placed on a regular stride with the last one flush with the
 far edge, so no tile reaches past the padded image. On reassembly every tile is weighted by
 a separable window that is 1 inside, ramps linearly across the overlap with its neighbours
@@ -58,8 +59,8 @@ def plan_tiles(height: int, width: int, tile: int, overlap: int, multiple: int =
         overlap=overlap,
         padded_height=padded_h,
         padded_width=padded_w,
-        ys=_starts(padded_h, tile, overlap),
-        xs=_starts(padded_w, tile, overlap),
+        ys=tile_starts(padded_h, tile, tile - overlap),
+        xs=tile_starts(padded_w, tile, tile - overlap),
     )
 
 
@@ -227,10 +228,15 @@ class TileAccumulator:
         return self._windows[sides]
 
 
-def _starts(length: int, tile: int, overlap: int) -> tuple[int, ...]:
+def tile_starts(length: int, tile: int, stride: int) -> tuple[int, ...]:
+    """Where tiles of side ``tile`` start along ``length``: every ``stride``, the last one
+    flush with the far edge, so none reaches past it (one tile when ``length`` fits in one).
+
+    The one start rule of every tiler here: pixel tiles of the GAN engines (:func:`plan_tiles`)
+    and MegaSR's latent tiles (:class:`~megasr.model.megasr.tiling.LatentTiling`).
+    """
     if length <= tile:
         return (0,)
-    stride = tile - overlap
     count = math.ceil((length - tile) / stride) + 1
     return tuple(min(i * stride, length - tile) for i in range(count))
 

@@ -32,15 +32,21 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         404: "No such job for this tenant.",
         422: "A bad field.",
         429: "Rate limit, jobs in flight or queue depth reached; see Retry-After.",
-        503: "Redis or the object storage cannot be reached.",
+        503: "Redis or the object storage cannot be reached; see Retry-After.",
     }.items()
 }
 _UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
-    400: {"description": "Not an image, truncated or corrupt.", **_PROBLEM},
+    400: {"description": "Not an image, or not a whole multipart form.", **_PROBLEM},
+    408: {"description": "The body came too slowly (the upload deadlines).", **_PROBLEM},
     409: {"description": "The Idempotency-Key's first request is in progress.", **_PROBLEM},
     413: {"description": "Bytes or pixels over the limits.", **_PROBLEM},
     415: {"description": "An image format that is not supported.", **_PROBLEM},
+    503: {
+        "description": "Redis or the storage cannot be reached, or this gateway process "
+        "holds as many uploads as it may; see Retry-After.",
+        **_PROBLEM,
+    },
 }
 
 

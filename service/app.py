@@ -19,6 +19,7 @@ from megasr.problems import PROBLEM_CONTENT_TYPE
 from megasr.service import api, ops
 from megasr.service.context import Gateway
 from megasr.service.headers import RateLimitHeaders
+from megasr.service.http_framing import RequestFraming
 from megasr.service.maintenance import run_maintenance
 from megasr.service.problems import install_problem_handlers
 from megasr.service.prometheus import MetricsMiddleware
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(ops.router)
     app.mount("/static", StaticFiles(directory=ops.STATIC_DIR), name="static")
+    app.add_middleware(RequestFraming)  # innermost: it sees the handlers' answers
     app.add_middleware(RateLimitHeaders)
     if settings.cors_origins:
         app.add_middleware(

@@ -11,6 +11,7 @@ from megasr.queue import EngineQueues, redis_connection
 from megasr.service.auth import ApiKeys
 from megasr.service.durability import Durability
 from megasr.service.prometheus import GatewayMetrics
+from megasr.service.upload_gate import UploadGate
 from megasr.settings import Settings
 from megasr.storage import Storage, create_storage
 from megasr.webhooks.notifications import JobNotifier
@@ -32,21 +33,24 @@ class Gateway:
     api_keys: ApiKeys
     notifier: JobNotifier  # webhooks of the jobs that end here, not in a worker
     durability: Durability  # a 202 waits until its job is on Redis's disk
+    uploads: UploadGate  # this process's caps and deadlines on upload bodies
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gateway:
         redis = redis_connection(settings, socket_timeout=REDIS_SOCKET_TIMEOUT_S)
         queues = EngineQueues(settings, redis)
         storage = create_storage(settings)
+        metrics = GatewayMetrics(queues, WebhookOutbox(redis, settings.queue_name))
         return cls(
             settings=settings,
             redis=redis,
             queues=queues,
             storage=storage,
-            metrics=GatewayMetrics(queues, WebhookOutbox(redis, settings.queue_name)),
+            metrics=metrics,
             api_keys=ApiKeys.from_settings(settings),
             notifier=JobNotifier.from_settings(settings, storage, redis),
             durability=Durability(settings.submit_fsync_timeout_ms),
+            uploads=UploadGate(settings, metrics),
         )
 
     def close(self) -> None:

@@ -6,9 +6,10 @@ request with another payload is refused (422). A claim is released if the submis
 so a client can retry after an error.
 
 A claim starts short (:data:`CLAIM_TTL_S`) and is renewed by :class:`ClaimKeeper` while its
-submission runs; only a submission that queued its job keeps it for the result retention.
-A gateway that dies mid-submission so leaves a claim that lapses within seconds, not one that
-answers 409 for a day.
+submission runs; it is kept for the result retention in the very transaction that queues the
+job, so a queued job always has its key and a kept key always has its job. A gateway that
+dies mid-submission so leaves a claim that lapses within seconds, not one that answers 409
+for a day, nor a job whose key lapses and is queued again by the client's retry.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def release(redis: Redis, tenant: str, key: str) -> None:
     redis.delete(idempotency_key(tenant, key))
 
 
-def keep(pipe: Pipeline | Redis, tenant: str, key: str, ttl_s: int) -> None:
-    """The submission queued its job: keep the key for ``ttl_s`` (the result retention)."""
+def keep(pipe: Pipeline, tenant: str, key: str, ttl_s: int) -> None:
+    """Keep the key for ``ttl_s`` (the result retention), in the transaction ``pipe`` that
+    queues its job."""
     pipe.expire(idempotency_key(tenant, key), ttl_s)
 
 

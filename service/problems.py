@@ -49,7 +49,7 @@ def error_response(error: MegaSRError) -> JSONResponse:
     if isinstance(error, RateLimitedError):
         headers["Retry-After"] = str(error.retry_after_s)
     elif isinstance(error, ServiceUnavailableError):
-        headers["Retry-After"] = str(REDIS_RETRY_AFTER_S)
+        headers["Retry-After"] = str(error.retry_after_s or REDIS_RETRY_AFTER_S)
     elif isinstance(error, AuthenticationError):
         headers["WWW-Authenticate"] = 'Bearer realm="megasr"'
     return problem_response(public_problem(error), error.status, headers)

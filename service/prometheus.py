@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
@@ -81,6 +81,22 @@ class GatewayMetrics:
             "megasr_jobs_submitted",
             "Upscale submissions by engine and outcome.",
             ["engine", "outcome"],
+            registry=self.registry,
+        )
+        self.uploads_in_flight = Gauge(
+            "megasr_uploads_in_flight",
+            "Uploads this gateway process is reading or storing.",
+            registry=self.registry,
+        )
+        self.upload_bytes_in_flight = Gauge(
+            "megasr_upload_bytes_in_flight",
+            "Bytes those uploads reserved (declared Content-Length, or received when chunked).",
+            registry=self.registry,
+        )
+        self.uploads_refused = Counter(
+            "megasr_uploads_refused",
+            "Uploads refused for the process's caps (busy) or cut for their deadlines.",
+            ["reason"],
             registry=self.registry,
         )
         self.registry.register(QueueDepthCollector(queues))

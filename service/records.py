@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis import Redis
+from redis.client import Pipeline
 
 from megasr.settings import Settings
 
@@ -24,18 +25,17 @@ class JobRecord:
     created_at: str
 
 
-def save_record(redis: Redis, settings: Settings, job_id: str, record: JobRecord) -> None:
+def save_record(pipe: Pipeline, settings: Settings, job_id: str, record: JobRecord) -> None:
+    """Queue the record's writes in ``pipe`` (the submission's transaction)."""
     # Long enough for every try of the job, its retention, then the "expired" period.
     ttl = (
         settings.job_timeout_s * (settings.max_retries + 1)
         + settings.result_ttl_s
         + settings.expired_record_ttl_s
     )
-    pipe = redis.pipeline()
     key = record_key(job_id)
     pipe.hset(key, mapping={"tenant": record.tenant, "created_at": record.created_at})
     pipe.expire(key, ttl)
-    pipe.execute()
 
 
 def load_record(redis: Redis, job_id: str) -> JobRecord | None:

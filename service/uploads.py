@@ -5,6 +5,12 @@ only worth something if the refusal comes first. Here the body is fed chunk by c
 python-multipart, the image part goes to a spooled temporary file, and the request is
 refused (413) the moment the image passes ``max_image_bytes`` or the declared
 ``Content-Length`` is over what the limits allow, without reading the rest.
+
+A form is used only whole: python-multipart's ``finalize`` does not check that the closing
+boundary came, so a body cut short would silently lose its last part (a ``scale`` sent last,
+half an image). The parser's end callback is the proof of a whole form; without it the
+request is a 400. After the closing boundary at most :data:`MAX_EPILOGUE_BYTES` more are
+read (RFC 2046 lets an epilogue follow; nobody needs a long one).
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from megasr.errors import ImageTooLargeError, InvalidParameterError
+from megasr.errors import ImageTooLargeError, InvalidParameterError, MalformedRequestError
 
 IMAGE_FIELD = "image"
 MAX_FIELDS = 32
@@ -25,6 +31,13 @@ MAX_FIELD_BYTES = 16 * 1024
 SPOOL_IN_MEMORY_BYTES = 1024 * 1024
 # Room for the text fields and part headers on top of the image itself.
 FORM_OVERHEAD_BYTES = MAX_FIELDS * MAX_FIELD_BYTES + 64 * 1024
+# Bytes after the closing boundary (an epilogue) read before the body is refused.
+MAX_EPILOGUE_BYTES = 1024
+# RFC 2046 section 5.1.1: 1 to 70 of these characters, the last one not a space.
+MAX_BOUNDARY_LENGTH = 70
+BOUNDARY_CHARACTERS = frozenset(
+    b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ'()+_,-./:=? "
+)
 
 
 @dataclass
@@ -36,10 +49,11 @@ class Upload:
     fields: dict[str, str] = field(default_factory=dict)
 
 
-def check_declared_length(content_length: str | None, max_image_bytes: int) -> None:
-    """Refuse a body whose declared length cannot fit the limits, before reading any of it."""
+def check_declared_length(content_length: str | None, max_image_bytes: int) -> int | None:
+    """The declared body length (None: chunked); refuses one that cannot fit the limits,
+    before reading any of the body."""
     if content_length is None:
-        return
+        return None
     try:
         length = int(content_length)
     except ValueError:
@@ -48,26 +62,74 @@ def check_declared_length(content_length: str | None, max_image_bytes: int) -> N
         raise ImageTooLargeError(
             f"request body of {length} bytes is over the upload limit of {max_image_bytes} bytes"
         )
+    return length
 
 
 async def read_upload(
     content_type: str | None, chunks: AsyncIterator[bytes], max_image_bytes: int
 ) -> Upload:
-    """Parse the form in ``chunks``; raises 413 past ``max_image_bytes``, 422 on a bad form."""
-    mime, options = parse_options_header(content_type)
-    boundary = options.get(b"boundary")
-    if mime != b"multipart/form-data" or not boundary:
-        raise InvalidParameterError("send multipart/form-data with the image in a part 'image'")
+    """Parse the form in ``chunks``; raises 413 past ``max_image_bytes``, 422 on a bad field,
+    400 on a body that is not a whole multipart form."""
+    boundary = form_boundary(content_type)
     with tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES) as spool:
         form = _FormCollector(max_image_bytes, spool)
-        parser = MultipartParser(boundary, form.callbacks())
+        close = _ClosingDelimiter(boundary)
         try:
+            parser = MultipartParser(boundary, form.callbacks())
             async for chunk in chunks:
+                if form.ended:
+                    form.count_epilogue(len(chunk))
+                    continue
                 parser.write(chunk)  # the callbacks raise as soon as a limit is passed
-            parser.finalize()
-        except MultipartParseError as exc:
-            raise InvalidParameterError(f"malformed multipart body: {exc}") from exc
+                if form.ended:
+                    form.count_epilogue(close.bytes_after(chunk))
+                close.remember(chunk)
+        except FormParserError as exc:
+            raise MalformedRequestError(f"malformed multipart body: {exc}") from exc
+        if not form.ended:
+            raise MalformedRequestError(
+                "the multipart body ended before its closing boundary "
+                f"(--{boundary.decode('ascii')}--); nothing of it was used"
+            )
         return form.result()
+
+
+def form_boundary(content_type: str | None) -> bytes:
+    """The multipart boundary of ``content_type``; 422 for another media type, 400 for a
+    boundary RFC 2046 does not allow."""
+    mime, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if mime != b"multipart/form-data" or boundary is None:
+        raise InvalidParameterError("send multipart/form-data with the image in a part 'image'")
+    if not 1 <= len(boundary) <= MAX_BOUNDARY_LENGTH:
+        raise MalformedRequestError(
+            f"the multipart boundary is {len(boundary)} characters long; "
+            f"RFC 2046 allows 1 to {MAX_BOUNDARY_LENGTH}"
+        )
+    if not set(boundary) <= BOUNDARY_CHARACTERS or boundary.endswith(b" "):
+        raise MalformedRequestError(
+            "the multipart boundary has characters RFC 2046 does not allow "
+            "(letters, digits, '()+_,-./:=? and inner spaces only)"
+        )
+    return boundary
+
+
+class _ClosingDelimiter:
+    """Finds how much of the chunk that ended the form comes after its closing delimiter.
+
+    The first ``CRLF--boundary--`` of a body is its close (part data cannot hold one: it
+    would have ended the part), so no more than the last chunk's tail needs keeping."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self.marker = b"\r\n--" + boundary + b"--"
+        self.tail = b"\r\n"  # a body may open with its close (a form with no parts)
+
+    def remember(self, chunk: bytes) -> None:
+        self.tail = (self.tail + chunk)[-len(self.marker) :]
+
+    def bytes_after(self, chunk: bytes) -> int:
+        data = self.tail + chunk
+        return len(data) - (data.find(self.marker) + len(self.marker))
 
 
 class _FormCollector:
@@ -85,6 +147,8 @@ class _FormCollector:
         self._headers: dict[bytes, bytes] = {}
         self._name: str | None = None
         self._value = bytearray()
+        self.ended = False  # the closing boundary was parsed
+        self._epilogue_bytes = 0
 
     def callbacks(self) -> dict:
         return {
@@ -95,13 +159,25 @@ class _FormCollector:
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
             "on_part_end": self._part_end,
+            "on_end": self._end,
         }
+
+    def count_epilogue(self, size: int) -> None:
+        self._epilogue_bytes += size
+        if self._epilogue_bytes > MAX_EPILOGUE_BYTES:
+            raise MalformedRequestError(
+                f"the body goes on for more than {MAX_EPILOGUE_BYTES} bytes after its "
+                "closing boundary"
+            )
 
     def result(self) -> Upload:
         if not self.image_seen:
             raise InvalidParameterError("the form has no file part named 'image'")
         self.spool.seek(0)
         return Upload(image=self.spool.read(), filename=self.filename, fields=self.fields)
+
+    def _end(self) -> None:
+        self.ended = True
 
     def _part_begin(self) -> None:
         self._headers = {}
@@ -123,7 +199,7 @@ class _FormCollector:
         disposition, options = parse_options_header(self._headers.get(b"content-disposition"))
         name = options.get(b"name")
         if disposition != b"form-data" or name is None:
-            raise InvalidParameterError("a form part has no Content-Disposition name")
+            raise MalformedRequestError("a form part has no Content-Disposition: form-data name")
         self._name = name.decode("utf-8", "replace")
         if self._name == IMAGE_FIELD:
             if self.image_seen:

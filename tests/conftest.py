@@ -1,4 +1,5 @@
-"""Shared fixtures: real photographs, loaded from packages the tests already depend on."""
+"""Shared fixtures: real photographs, loaded from packages the tests already depend on; and
+the ``system_package`` marker (:mod:`system_packages`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,21 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "system_package(name): needs a Debian package (tests/system_packages.py); skips "
+        "with the package named when it is absent, fails in CI",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    from system_packages import require
+
+    for mark in item.iter_markers("system_package"):
+        require(*mark.args)
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,20 @@ def wait_until(
         time.sleep(0.02)
 
 
+def service_env(base: dict[str, str], redis_url: str, data_dir: Path, queue: str) -> dict[str, str]:
+    """Child settings: one Redis and queue, local storage, auth and every limit off."""
+    return {
+        **base,
+        "MEGASR_REDIS_URL": redis_url,
+        "MEGASR_DATA_DIR": str(data_dir),
+        "MEGASR_QUEUE_NAME": queue,
+        "MEGASR_AUTH_ENABLED": "false",
+        "MEGASR_RATE_LIMIT_PER_MINUTE": "0",
+        "MEGASR_MAX_JOBS_IN_FLIGHT": "0",
+        "MEGASR_MAX_QUEUE_DEPTH": "0",
+    }
+
+
 def worker_command(port: int, *options: str) -> list[str]:
     """``megasr worker`` with its metrics and probe port on loopback ``port``."""
     command = [sys.executable, "-m", "megasr.cli.main", "worker"]

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
 import torch
+from diffusers import ControlNetModel, UNet2DConditionModel
 
+from megasr.model.megasr.adapter import is_adapter_key
 from megasr.model.megasr.conditions import MegaSRConditions
 from megasr.model.megasr.config import ModulesConfig
 from megasr.model.megasr.denoiser import MegaSRDenoiser
-from megasr.model.megasr.networks import MegaSRControlNetModel, MegaSRUNet2DConditionModel
-from megasr.model.megasr.presets import TINY_MODULES, TINY_UNET
+from megasr.model.megasr.networks import (
+    MEGASR_ARGUMENTS,
+    MegaSRControlNetModel,
+    MegaSRUNet2DConditionModel,
+    diffusers_block,
+)
+from megasr.model.megasr.presets import TINY_CONTROLNET_EMBEDDING, TINY_MODULES, TINY_UNET
 
 CLIP_WIDTH = 24
 TOKENS = 17
@@ -31,14 +37,14 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def plain_networks(seed: int = 0) -> tuple[MegaSRUNet2DConditionModel, MegaSRControlNetModel]:
-    """A tiny U-Net and its ControlNet, nothing installed yet, with the ControlNet's zero
-    convs randomised so its residuals reach the U-Net (a fresh ControlNet adds exactly zero,
-    which proves nothing)."""
+def plain_networks(seed: int = 0) -> tuple[UNet2DConditionModel, ControlNetModel]:
+    """A tiny plain diffusers U-Net and its ControlNet, with the ControlNet's zero convs
+    randomised so its residuals reach the U-Net (a fresh ControlNet adds exactly zero, which
+    proves nothing)."""
     torch.manual_seed(seed)
-    unet = MegaSRUNet2DConditionModel(**TINY_UNET)
-    controlnet = MegaSRControlNetModel.from_unet(
-        unet, conditioning_embedding_out_channels=TINY.controlnet_embedding_channels
+    unet = UNet2DConditionModel(**TINY_UNET)
+    controlnet = ControlNetModel.from_unet(
+        unet, conditioning_embedding_out_channels=TINY_CONTROLNET_EMBEDDING
     )
     for name, param in controlnet.named_parameters():
         if name.startswith(("controlnet_down_blocks", "controlnet_mid_block")):
@@ -46,24 +52,26 @@ def plain_networks(seed: int = 0) -> tuple[MegaSRUNet2DConditionModel, MegaSRCon
     return unet, controlnet
 
 
-def tiny_denoiser(seed: int = 0, config: ModulesConfig = TINY) -> MegaSRDenoiser:
-    unet, controlnet = plain_networks(seed)
-    return MegaSRDenoiser(unet, controlnet, config)
+def tiny_denoiser(seed: int = 0, config: ModulesConfig = TINY, **placement: bool) -> MegaSRDenoiser:
+    return denoiser_and_plain(seed, config, **placement)[0]
 
 
 def denoiser_and_plain(
     seed: int = 0,
-) -> tuple[MegaSRDenoiser, MegaSRUNet2DConditionModel, MegaSRControlNetModel]:
-    return denoiser_and_plain_with(TINY, seed)
-
-
-def denoiser_and_plain_with(
-    config: ModulesConfig, seed: int = 0
-) -> tuple[MegaSRDenoiser, MegaSRUNet2DConditionModel, MegaSRControlNetModel]:
-    """A denoiser with ``config``'s modules, and untouched copies of its two networks."""
+    config: ModulesConfig = TINY,
+    unet_csm: bool = True,
+    unet_msfm: bool = True,
+    controlnet_csm: bool = True,
+    controlnet_msfm: bool = True,
+) -> tuple[MegaSRDenoiser, UNet2DConditionModel, ControlNetModel]:
+    """A denoiser with ``config``'s modules where the flags put them, and the plain diffusers
+    networks it was made from (the same weights)."""
     unet, controlnet = plain_networks(seed)
-    plain = copy.deepcopy(unet), copy.deepcopy(controlnet)
-    return MegaSRDenoiser(unet, controlnet, config), *plain
+    denoiser = MegaSRDenoiser(
+        MegaSRUNet2DConditionModel.from_plain(unet, config, unet_csm, unet_msfm),
+        MegaSRControlNetModel.from_plain(controlnet, config, controlnet_csm, controlnet_msfm),
+    )
+    return denoiser, unet, controlnet
 
 
 def randomise_new_modules(denoiser: MegaSRDenoiser, std: float = 0.2) -> None:
@@ -93,12 +101,19 @@ def inputs(batch: int, height: int, width: int, seed: int = 0) -> dict:
 
 
 def plain_forward(
-    unet: MegaSRUNet2DConditionModel, controlnet: MegaSRControlNetModel, args: dict
+    unet: UNet2DConditionModel,
+    controlnet: ControlNetModel,
+    args: dict,
+    conditioning_scale: float = 1.0,
 ) -> torch.Tensor:
     """U-Net + ControlNet as diffusers' ControlNet pipelines call them, without MegaSR."""
     common = {"encoder_hidden_states": args["text_embeddings"], "return_dict": False}
     down, mid = controlnet(
-        args["latents"], args["timesteps"], controlnet_cond=args["control"], **common
+        args["latents"],
+        args["timesteps"],
+        controlnet_cond=args["control"],
+        conditioning_scale=conditioning_scale,
+        **common,
     )
     return unet(
         args["latents"],
@@ -107,3 +122,41 @@ def plain_forward(
         mid_block_additional_residual=mid,
         **common,
     )[0]
+
+
+def plain_copy(network: torch.nn.Module) -> torch.nn.Module:
+    """The plain diffusers network of a MegaSR one: its architecture and pretrained weights,
+    without the new modules."""
+    plain_class = ControlNetModel if isinstance(network, ControlNetModel) else UNet2DConditionModel
+    config = {k: v for k, v in network.config.items() if k not in MEGASR_ARGUMENTS}
+    for key in ("down_block_types", "up_block_types"):
+        if key in config:
+            config[key] = tuple(diffusers_block(t) for t in config[key])
+    config["mid_block_type"] = diffusers_block(config["mid_block_type"])
+    plain = plain_class.from_config(config)
+    base = {k: v for k, v in network.state_dict().items() if not is_adapter_key(k)}
+    plain.load_state_dict(base)
+    return plain.eval()
+
+
+class PlainDenoiser(torch.nn.Module):
+    """The base pipeline's noise predictor: plain diffusers U-Net + ControlNet, called like a
+    :class:`MegaSRDenoiser` (the MegaSR conditions are ignored)."""
+
+    def __init__(self, unet: UNet2DConditionModel, controlnet: ControlNetModel) -> None:
+        super().__init__()
+        self.unet, self.controlnet = unet, controlnet
+
+    @classmethod
+    def of(cls, denoiser: MegaSRDenoiser) -> PlainDenoiser:
+        return cls(plain_copy(denoiser.unet), plain_copy(denoiser.controlnet))
+
+    @property
+    def latent_multiple(self) -> int:
+        return 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def forward(self, latents, timesteps, text, control, conditions, conditioning_scale=1.0):
+        args = {"latents": latents, "timesteps": timesteps, "text_embeddings": text}
+        return plain_forward(
+            self.unet, self.controlnet, {**args, "control": control}, conditioning_scale
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,32 +124,70 @@ def test_bad_input_one_line_error_no_file(tmp_path: Path, content: bytes, messag
     assert not out.exists() or not any(out.iterdir())
 
 
-def test_a_refused_image_is_not_counted_done_and_a_log_gets_no_bar(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """On a terminal the bar stays at 0/1 for a refused image; into a log, no bar is drawn."""
+def test_a_bad_input_is_refused_before_any_model_code_loads(tmp_path: Path) -> None:
+    """A text file named .png, with the megasr engine and a checkpoint that does not exist:
+    had the engine loaded first, the error would be about the checkpoint."""
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(b"hello, I am text\n")
+    args = ["upscale", str(bad), "-o", str(tmp_path / "out"), "--engine", "megasr"]
+    args += ["--model", str(tmp_path / "no-checkpoint")]
+    script = f"import sys; from megasr.cli.main import main; s = main({args!r}); "
+    script += "print(sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+
+    assert result.stderr.strip().splitlines() == [
+        f"megasr: error: {bad}: the data is not an image in a known format (or it is corrupt)"
+    ]
+    assert result.stdout.strip() == "[]"  # no torch, no model library imported
+
+
+def run_on_terminal(*args: str | Path) -> tuple[int, str]:
+    """``megasr ARGS`` with stdout and stderr on a 100-column pseudo-terminal: its screen."""
     import fcntl
     import pty
     import struct
     import termios
 
-    bad = tmp_path / "broken.png"
-    bad.write_bytes(b"hello, I am text\n")
-    status = main(["upscale", str(bad), "-o", str(tmp_path / "out")])  # stderr: not a TTY
-    logged = capsys.readouterr().err
     primary, secondary = pty.openpty()
-    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 cols
-    command = [sys.executable, "-m", "megasr.cli.main", "upscale", str(bad), "-o", str(tmp_path)]
-    with subprocess.Popen(command, stderr=secondary, stdout=subprocess.DEVNULL) as process:
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    command = [sys.executable, "-m", "megasr.cli.main", *map(str, args)]
+    with subprocess.Popen(command, stdout=secondary, stderr=secondary) as process:
         os.close(secondary)
         screen = _read_all(primary)
-        process.wait(timeout=300)
+        return process.wait(timeout=300), screen
 
-    assert status == process.returncode == 1
-    assert logged.strip().splitlines() == [
-        f"megasr: error: {bad}: the data is not an image in a known format (or it is corrupt)"
+
+def test_a_terminal_sees_one_bar_and_the_files_written_a_log_only_the_files(
+    tmp_path: Path, coffee: np.ndarray, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    Image.fromarray(coffee[200:232, 300:340]).save(inputs / "a.png")
+    (inputs / "notes.txt").write_text("left alone")
+    (inputs / "broken.png").write_bytes(b"hello, I am text\n")
+    flags = ["--scale", "2", "--tile", "32"]
+
+    status = main(["upscale", str(inputs), "-o", str(tmp_path / "logged"), *flags])
+    logged = capsys.readouterr()
+    on_terminal, screen = run_on_terminal("upscale", inputs, "-o", tmp_path / "shown", *flags)
+
+    assert status == on_terminal == 1  # broken.png was refused
+    assert logged.out.splitlines() == [
+        line for line in logged.out.splitlines() if line.startswith(f"wrote {tmp_path}")
     ]
-    assert "0/1" in screen and "100%" not in screen and "1/1" not in screen
+    assert re.fullmatch(
+        rf"wrote {tmp_path}/logged/a.png \(80x64, realesrgan-x4plus, \d+\.\d s\)\n", logged.out
+    )
+    assert logged.err.splitlines() == [
+        f"megasr: error: {inputs / 'broken.png'}: the data is not an image in a known format "
+        "(or it is corrupt)",
+        "megasr: 1 written, 2 skipped (1 invalid image; 1 without an image suffix)",
+    ]
+    assert "\r" not in logged.err  # no bar drawn into a log
+    assert "loading realesrgan-x4plus..." in screen and "1/1 a.png" in screen  # the one bar
+    assert f"wrote {tmp_path}/shown/a.png (80x64" in screen
 
 
 def _read_all(descriptor: int) -> str:

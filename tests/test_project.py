@@ -45,3 +45,16 @@ def test_readme_starts_with_the_two_commands(repo_root: Path) -> None:
         _readme_command(repo_root, "run-command"),
         _readme_command(repo_root, "test-command"),
     ]
+
+
+def test_ci_installs_and_the_readme_names_every_system_package(repo_root: Path) -> None:
+    """The Debian packages some tests need (tests/system_packages.py): CI installs them all,
+    and the README tells a user which ones the full suite uses."""
+    from system_packages import PACKAGES
+
+    ci = (repo_root / ".ci" / "run").read_text()
+    (install,) = re.findall(r"^apt-get install .*$", ci, re.M)
+    installed = {word for word in install.split() if not word.startswith(("-", ">"))}
+    readme = (repo_root / "README.md").read_text()
+    assert installed - {"apt-get", "install"} == set(PACKAGES)
+    assert all(f"`{name}`" in readme for name in PACKAGES)

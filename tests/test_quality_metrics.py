@@ -90,6 +90,7 @@ def test_psnr_of_a_constant_offset_is_exact(coffee: np.ndarray) -> None:
     assert psnr(shifted, reference, crop=4) == pytest.approx(20 * math.log10(255 / y_step))
 
 
+@pytest.mark.system_package("opencv-doc")
 def test_psnr_matches_matlab_immse_on_the_rubberwhale_frames() -> None:
     """opencv_contrib's quality tests quote MATLAB: immse per channel 92.8235, 109.4104, 121.4."""
     first = _open_rgb(OPENCV_DOC / "data" / "rubberwhale1.png")
@@ -222,12 +223,14 @@ def test_niqe_uses_the_settings_cache_and_refuses_tiny_or_flat_images(
 # BRISQUE through OpenCV and the Debian model files
 
 
+@pytest.mark.system_package("opencv-doc")
 def test_brisque_matches_opencvs_reference_value() -> None:
     """opencv_contrib's test expects 9.7544803619384766 for RubberWhale1 (tolerance 1e-3)."""
     image = _open_rgb(OPENCV_DOC / "data" / "rubberwhale1.png")
     assert brisque(image, model_dir=BRISQUE_DIR) == pytest.approx(9.75448, abs=0.01)
 
 
+@pytest.mark.system_package("opencv-doc")
 def test_brisque_ranks_pristine_below_blurred_below_noisy(astronaut: np.ndarray) -> None:
     pristine_score = brisque(astronaut, model_dir=BRISQUE_DIR)
     blurred = [brisque(_blurred(astronaut, s), model_dir=BRISQUE_DIR) for s in (1, 2)]
@@ -236,6 +239,7 @@ def test_brisque_ranks_pristine_below_blurred_below_noisy(astronaut: np.ndarray)
     assert blurred[0] < noisy
 
 
+@pytest.mark.system_package("opencv-doc")
 def test_brisque_reads_gzipped_model_files(astronaut: np.ndarray, tmp_path: Path) -> None:
     packed = tmp_path / "packed"
     packed.mkdir()
@@ -245,6 +249,7 @@ def test_brisque_reads_gzipped_model_files(astronaut: np.ndarray, tmp_path: Path
     assert brisque(astronaut, model_dir=packed, cache_dir=tmp_path / "cache") == plain
 
 
+@pytest.mark.system_package("opencv-doc")
 def test_brisque_says_why_it_is_missing(astronaut: np.ndarray, tmp_path: Path) -> None:
     assert unavailable_reason(BRISQUE_DIR) is None
     reason = unavailable_reason(tmp_path)
@@ -314,6 +319,7 @@ def test_lpips_says_what_it_needs(tmp_path: Path, astronaut: np.ndarray) -> None
 # The registry
 
 
+@pytest.mark.system_package("opencv-doc")  # BRISQUE is available only with it
 def test_registry_describes_every_metric() -> None:
     assert set(METRICS) == {
         "psnr", "ssim", "niqe", "brisque", "piqe",

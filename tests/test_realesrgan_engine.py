@@ -136,12 +136,13 @@ def test_second_load_reuses_the_converted_weights(
     settings: Settings, engine: RealESRGANEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = []
+    convert = realesrgan.NcnnModel.convert
 
-    def counting_convert() -> dict[str, torch.Tensor]:
-        calls.append(1)
-        return realesrgan.convert_weights()
+    def counting_convert(model: realesrgan.NcnnModel) -> dict[str, torch.Tensor]:
+        calls.append(model.name)
+        return convert(model)
 
-    monkeypatch.setattr(realesrgan, "convert_weights", counting_convert)
+    monkeypatch.setattr(realesrgan.NcnnModel, "convert", counting_convert)
     again = RealESRGANEngine(settings)
     again.load(CPU, torch.float32)
 

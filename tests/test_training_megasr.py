@@ -12,9 +12,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from megasr.cli.main import main
+from megasr.model.megasr.adapter import is_adapter_key
 from megasr.model.megasr.checkpoint import (
-    ADAPTER_FILE,
-    CONTROLNET_WEIGHTS,
+    CONTROLNET_DIR,
+    UNET_DIR,
     init_tiny_checkpoint,
 )
 from megasr.model.megasr.checkpoint_info import checkpoint_info
@@ -46,7 +47,9 @@ def photos(tmp_path_factory, coffee) -> Path:
     return folder
 
 
-def _config(checkpoint: Path, photos: Path, out: Path, **training) -> TrainConfig:
+def _config(
+    checkpoint: Path, photos: Path, out: Path, learning_rate: float = 1e-3, **training
+) -> TrainConfig:
     data = {
         "model": {"checkpoint": str(checkpoint)},
         "data": {"hr": [str(photos)], "crop": CROP, "workers": 0},
@@ -58,7 +61,7 @@ def _config(checkpoint: Path, photos: Path, out: Path, **training) -> TrainConfi
             "mixed_precision": "no",
             **training,
         },
-        "optimizer": {"learning_rate": 1e-3},
+        "optimizer": {"learning_rate": learning_rate},
         "checkpoints": {"every": 2},
         "logging": {"tensorboard": False},
     }
@@ -66,9 +69,14 @@ def _config(checkpoint: Path, photos: Path, out: Path, **training) -> TrainConfi
 
 
 def _trained_weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    weights = load_file(model_dir / ADAPTER_FILE)
-    controlnet = load_file(model_dir / CONTROLNET_WEIGHTS)
-    return {**weights, **{f"controlnet.{k}": v for k, v in controlnet.items()}}
+    """The trained set as written: the U-Net's CSMs and MSFMs and the whole ControlNet."""
+    weights = "diffusion_pytorch_model.safetensors"
+    unet = load_file(model_dir / UNET_DIR / weights)
+    controlnet = load_file(model_dir / CONTROLNET_DIR / weights)
+    return {
+        **{f"unet.{k}": v for k, v in unet.items() if is_adapter_key(k)},
+        **{f"controlnet.{k}": v for k, v in controlnet.items()},
+    }
 
 
 def _everything(trainer: MegaSRTrainer) -> dict[str, torch.Tensor]:
@@ -85,11 +93,13 @@ def _everything(trainer: MegaSRTrainer) -> dict[str, torch.Tensor]:
 
 
 def test_loss_falls_when_overfitting_a_fixed_batch(checkpoint, photos, tmp_path):
-    trainer = MegaSRTrainer(_config(checkpoint, photos, tmp_path / "run"))
+    # The tiny preset's ControlNet is 8 channels wide at full resolution (built to be quick,
+    # docs/benchmarks.md): it halves the loss with a larger step (1e-2) and more of them (80).
+    trainer = MegaSRTrainer(_config(checkpoint, photos, tmp_path / "run", learning_rate=1e-2))
     crops = trainer._training_crops()
     batch = {"hr": torch.stack([crops[0]["hr"], crops[1]["hr"]])}
     losses = []
-    for _ in range(40):
+    for _ in range(80):
         trainer.step = 0  # every draw is a function of the step: pinned, the batch is fixed
         losses.append(trainer.train_step([batch]))
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses

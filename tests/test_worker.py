@@ -98,12 +98,17 @@ def hold(worker: WorkerProcess) -> Iterator[Path]:
 
 def test_probes_and_metrics_port(cluster: Cluster, worker: WorkerProcess) -> None:
     assert http_get(worker.url + "/healthz") == (200, b'{"status": "ok"}')
-    assert http_get(worker.url + "/readyz")[0] == 200
-    _, body = http_get(worker.url + "/metrics")
-    text = body.decode()
+    assert http_get(worker.url + "/readyz") == (200, b'{"status": "ready"}')
+    loaded = 'megasr_engine_loaded{engine="tiny"} 1.0'
+
+    def exposition_with_engine_loaded() -> str:
+        """The gauge is set a moment after the engines report ready (/readyz turns 200)."""
+        text = http_get(worker.url + "/metrics")[1].decode()
+        return text if loaded in text else ""
+
+    text = wait_for(exposition_with_engine_loaded, "the engine-loaded gauge")
     for name in WORKER_METRICS:
         assert f"# TYPE {name} " in text, name
-    assert 'megasr_engine_loaded{engine="tiny"} 1.0' in text
     assert "job_id" not in text
     # The worker announces its engines for the gateway's GET /v1/engines.
     catalog = read_engines(cluster.connection)
@@ -369,7 +374,10 @@ def test_a_job_abandoned_on_its_last_try_fails_and_says_so(cluster: Cluster, pho
 
 
 def test_sigterm_finishes_the_batch_in_hand(cluster: Cluster, photo) -> None:
-    worker = WorkerProcess(cluster, "term", "terminated-worker")
+    """Draining, the worker is live but not ready; drained, both probes answer 503 for the
+    linger (a minute here, so the test need not race it) until a second SIGTERM ends it."""
+    linger = {"MEGASR_WORKER_EXIT_LINGER_S": "60"}
+    worker = WorkerProcess(cluster, "term", "terminated-worker", env=linger)
     try:
         worker.wait_ready()
         worker.hold.touch()
@@ -383,12 +391,21 @@ def test_sigterm_finishes_the_batch_in_hand(cluster: Cluster, photo) -> None:
             lambda: cluster.connection.hget(f"rq:worker:{worker.name}", "shutdown_requested_date"),
             "the shutdown request",
         )
+        assert http_get(worker.url + "/readyz") == (503, b'{"status": "draining"}')
+        assert http_get(worker.url + "/healthz") == (200, b'{"status": "ok"}')
         worker.hold.unlink()
 
-        assert worker.process.wait(timeout=DEADLINE_S) == 0
+        wait_for(lambda: http_get(worker.url + "/healthz")[0] == 503, "/healthz to answer 503")
+        assert worker.process.poll() is None, "the worker exited instead of lingering"
+        status, body = http_get(worker.url + "/healthz")
+        assert (status, json.loads(body)["status"]) == (503, "exiting")
+        assert http_get(worker.url + "/readyz") == (503, b'{"status": "exiting"}')
         for job in in_hand:
             assert cluster.status(job.id) == JobStatus.FINISHED
         assert cluster.status(waiting.id) == JobStatus.QUEUED
+
+        worker.process.send_signal(signal.SIGTERM)  # ends the linger at once
+        assert worker.process.wait(timeout=DEADLINE_S) == 0
     finally:
         worker.stop()
 

@@ -22,11 +22,11 @@ import pytest
 from rq.job import Job, JobStatus
 from rq.results import Result
 from webhook_receiver import LOOPBACK_NETWORKS, Answer, WebhookReceiver, fail_first
-from worker_support import SECRET, Cluster, WorkerProcess, value, wait_for
+from worker_support import SECRET, Cluster, WorkerProcess, http_get, value, wait_for
 
 from megasr.embedded_redis import EmbeddedRedis
 from megasr.queue import EngineQueues
-from megasr.recovery import ALONE_FIELD
+from megasr.recovery import ALONE_FIELD, BATCH_FIELD
 from megasr.service.context import Gateway
 from megasr.service.maintenance import maintain_once
 from megasr.worker.health import EXIT_UNHEALTHY
@@ -84,9 +84,9 @@ class Fleet:
         self.workers.append(worker)
         return worker
 
-    def release(self, worker: WorkerProcess) -> None:
+    def release(self, worker: WorkerProcess, timeout_s: float = 60) -> None:
         worker.hold.unlink()
-        worker.wait_ready()
+        worker.wait_ready(timeout_s)
 
     def payloads(self, count: int, pixels: np.ndarray | None = None, **params) -> list[dict]:
         image = self.crop if pixels is None else pixels
@@ -113,6 +113,14 @@ class Fleet:
 
     def job(self, job_id: str) -> Job:
         return self.cluster.job(job_id)
+
+    def crashed_in(self, job_id: str) -> int:
+        """How many jobs the worker running ``job_id`` held (read after it was killed); 0
+        for a job no worker had started."""
+        job = self.job(job_id)
+        if job.get_status() != JobStatus.STARTED:
+            return 0
+        return int(self.cluster.connection.hget(job.key, BATCH_FIELD) or 1)
 
     def maintain(self) -> None:
         """One pass of the gateway's maintenance, if its interval has passed."""
@@ -157,7 +165,8 @@ def test_no_job_is_lost_or_run_twice_through_crashes_and_outages(fleet: Fleet) -
     cluster = fleet.cluster
     w1 = fleet.start("w1")
     # The workers that take over later load now, alongside, held in their warm-up.
-    w2, w3, w4 = (fleet.start(name, standby=True) for name in ("w2", "w3", "w4"))
+    w2, w4 = (fleet.start(name, standby=True) for name in ("w2", "w4"))
+    w3 = fleet.start("w3", standby=True, MEGASR_WORKER_EXIT_LINGER_S="60")
     hangs = fleet.start("hangs", standby=True, MEGASR_WATCHDOG_TIMEOUT_S="2")
     w1.wait_ready()
 
@@ -184,18 +193,29 @@ def test_no_job_is_lost_or_run_twice_through_crashes_and_outages(fleet: Fleet) -
     wait_for(lambda: fleet.held_by(other), "the other worker to hold a batch")
     fleet.kill(holder, signal.SIGKILL, "worker SIGKILLed mid-batch")
     fleet.kill(other, signal.SIGKILL, "worker SIGKILLed mid-batch")
+    # Which worker dequeued which job is a race, so a killed worker may have held a job
+    # alone: that one is to blame for its crash and spends a retry, as RQ would.
+    alone = [job_id for job_id in first + second if fleet.crashed_in(job_id) == 1]
+    assert any(fleet.crashed_in(job_id) > 1 for job_id in first + second), "no batch held"
     fleet.release(w3)
     wait_for(lambda: fleet.all_done(first + second), "w3 to finish the killed batches")
+    max_retries = cluster.settings(QUEUE).max_retries
     for job_id in first + second:  # batch-mates of a crash spend no retry
-        assert fleet.job(job_id).retries_left == cluster.settings(QUEUE).max_retries
+        assert fleet.job(job_id).retries_left == max_retries - (job_id in alone)
 
     # 3. A sticky CUDA error under a batch: the job alone in the failed call fails, the worker
     # hands the rest back and exits unhealthy; the next worker finishes them.
     poison = fleet.payloads(1, np.full_like(fleet.crop, 255), engine="tiny-fault")
     batch = fleet.submit(payloads=poison + fleet.payloads(3), max_retries=0)
     poison, mates = batch[:1], batch[1:]
-    wait_for(lambda: w3.process.poll() is not None, "w3 to stop on the device fault")
-    assert w3.process.returncode == EXIT_UNHEALTHY
+    # Failed, it answers 503 on both probes for its linger (long here), until SIGTERM.
+    exiting = (503, b'{"status": "exiting"}')
+    wait_for(lambda: http_get(w3.url + "/readyz") == exiting, "w3 to stop on the device fault")
+    status, body = http_get(w3.url + "/healthz")
+    assert (status, json.loads(body)["status"]) == (503, "unhealthy")
+    assert "the device failed" in json.loads(body)["detail"] and w3.process.poll() is None
+    w3.process.send_signal(signal.SIGTERM)
+    assert w3.process.wait(timeout=30) == EXIT_UNHEALTHY
     fleet.faults.append("sticky CUDA error")
     for job_id in mates:  # handed back without spending a retry (they had none to spend)
         assert fleet.job(job_id).get_status() == JobStatus.QUEUED
@@ -286,3 +306,99 @@ def _assert_nothing_left(fleet: Fleet) -> None:
         assert queue.job_ids == [], queue.name
         assert queue.intermediate_queue.get_job_ids() == [], queue.name
         assert queue.started_job_registry.get_job_ids(cleanup=False) == [], queue.name
+
+
+# -- killed at each point of a job's end ------------------------------------------------------
+
+# Where a worker stops itself before the test kills it (megasr.worker.stop_points), in the
+# order a job meets them, and the engines of the kill test's workers.
+STOP_POINTS = ["engine-returned", "result-stored", "claimed", "ended"]
+# Six workers import torch and load at once: on 2 busy cores the first may take minutes.
+LOADING_S = 240
+KILL_ENV = {
+    "MEGASR_WORKER_ENGINES": json.dumps(["worker_engines:TinyEngine", "worker_engines:PickyEngine"])
+}
+
+
+def _stop_at(point: str) -> dict[str, str]:
+    return {"MEGASR_TEST_STOP_AT": point, **KILL_ENV}
+
+
+def stopped(worker: WorkerProcess) -> bool:
+    """The process is stopped (SIGSTOP): its state in /proc is T."""
+    stat = Path(f"/proc/{worker.process.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+def kill_at_its_stop_point(
+    fleet: Fleet, victim: WorkerProcess, point: str, what: str = ""
+) -> list[str]:
+    """Let ``victim`` take work until it stops itself at ``point``; SIGKILL it there.
+    Returns the jobs it held (started and not ended) when it died."""
+    fleet.release(victim, timeout_s=LOADING_S)
+    wait_for(lambda: stopped(victim), f"{victim.name} to stop at {point}", timeout_s=60)
+    held = fleet.held_by(victim)
+    victim.process.kill()
+    victim.process.wait()
+    assert f"test stop point {point!r} reached" in Path(victim.log.name).read_text()
+    fleet.faults.append(f"worker SIGKILLed at {point}{what}")
+    return held
+
+
+def test_a_worker_killed_at_each_point_of_a_jobs_end_ends_it_once_with_one_webhook(
+    fleet: Fleet,
+) -> None:
+    """A worker is killed (SIGKILL) at each point between its engine call's return and the
+    job's end being written, and once that end is written but its webhook not yet sent; a
+    job failing for good is killed at its claim. Every job still ends once, with one result
+    and exactly one webhook: one delivery id, attempted at least once (each receiver's first
+    answer is a 503, so every delivery is attempted twice, with the same ``webhook-id``),
+    accepted once."""
+    failing_victim = fleet.start("stop-failing", standby=True, **_stop_at("claimed"))
+    victims = {p: fleet.start(f"stop-{p}", standby=True, **_stop_at(p)) for p in STOP_POINTS}
+    rescuer = fleet.start("rescuer", standby=True, **KILL_ENV)
+
+    # First, alone in the queue, so the claim it stops at is its own failure's.
+    white = np.full_like(fleet.crop, 255)  # the picky engine fails on an all-white tile
+    failing = fleet.submit(payloads=fleet.payloads(1, white, engine="tiny-picky"), max_retries=0)
+    held = {
+        "claimed (failing)": kill_at_its_stop_point(
+            fleet, failing_victim, "claimed", " (a job failing)"
+        )
+    }
+    for point, victim in victims.items():
+        fleet.submit(2)  # a batch of two: the second is in hand when the first stops
+        held[point] = kill_at_its_stop_point(fleet, victim, point)
+    assert all(held.values()), f"each worker died holding a job: {held}"
+
+    fleet.release(rescuer, timeout_s=LOADING_S)
+    wait_for(lambda: fleet.all_done(fleet.jobs), "every job to end", timeout_s=90)
+    wait_for(fleet.webhooks_delivered, "every webhook", timeout_s=90)
+
+    jobs = {job_id: fleet.job(job_id) for job_id in fleet.jobs}
+    assert {j for j, job in jobs.items() if job.get_status() == JobStatus.FAILED} == set(failing)
+    # Killed after the end was written: the dead worker's end stands, its webhook was
+    # delivered by another process from the outbox.
+    ended_by_victim = [j for j, job in jobs.items() if job.worker_name == "stop-ended"]
+    assert ended_by_victim and all(
+        jobs[j].get_status() == JobStatus.FINISHED for j in ended_by_victim
+    )
+    for job_id, job in jobs.items():
+        assert _successes(job) == (0 if job_id in failing else 1), job_id
+        if job_id not in failing:
+            assert fleet.cluster.storage.exists(job.meta["output"]["key"])
+    accepted = fleet.receiver.accepted()
+    assert {j: len(bodies) for j, bodies in accepted.items()} == dict.fromkeys(jobs, 1)
+    ids = fleet.receiver.webhook_ids
+    assert all(len(set(ids[j])) == 1 and len(ids[j]) >= 2 for j in jobs), ids
+    views = fleet.receiver.bodies(SECRET)
+    assert {j: views[j]["status"] for j in jobs} == {
+        j: "failed" if j in failing else "succeeded" for j in jobs
+    }
+    _assert_nothing_left(fleet)
+    attempts = sum(len(ids[j]) for j in jobs)
+    print(
+        f"\nkill points: {len(jobs)} jobs, {len(fleet.faults)} kills ({'; '.join(fleet.faults)}); "
+        f"each job ended once; {len(jobs)} delivery ids, {attempts} attempts, "
+        f"{len(jobs)} accepted"
+    )

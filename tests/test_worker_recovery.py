@@ -32,10 +32,10 @@ from megasr.recovery import ALONE_FIELD, maintain_queue, on_abandoned
 from megasr.settings import Settings
 from megasr.storage import LocalStorage
 from megasr.worker.device_faults import is_fatal_device_error
-from megasr.worker.engine_queue import EngineQueue
 from megasr.worker.health import WorkerHealth, running_once_started
 from megasr.worker.lease import Leases
 from megasr.worker.prometheus import WorkerMetrics
+from megasr.worker.rq_adapter import EngineQueue
 from megasr.worker.status_server import StatusServer
 from megasr.worker.storage_retry import RetryingStorage
 from megasr.worker.watchdog import Watchdog
@@ -273,7 +273,7 @@ def test_a_stalled_engine_call_fires_the_watchdog_and_healthz_turns_503() -> Non
 
     watchdog = Watchdog(0.2, on_stall)
     health.checks.append(("the watchdog", lambda: not fired.is_set() or watchdog.is_alive()))
-    server = StatusServer("127.0.0.1", 0, WorkerMetrics(), lambda: True, health.problem).start()
+    server = StatusServer("127.0.0.1", 0, WorkerMetrics(), health, lambda: True).start()
     try:
         assert http_get(server.url + "/healthz") == (200, b'{"status": "ok"}')
         watchdog.start()

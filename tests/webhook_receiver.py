@@ -25,13 +25,15 @@ class WebhookReceiver:
     """A real HTTP endpoint on loopback; ``answer`` decides the reply to a job's n-th POST.
 
     ``deliveries`` holds the (headers, body) of each POST answered 2xx, ``requests`` the
-    (Host header, path) of every POST.
+    (Host header, path) of every POST, ``webhook_ids`` the ``webhook-id`` of every POST by
+    job id.
     """
 
     def __init__(self, answer: Callable[[int], Answer] = fail_first) -> None:
         self.deliveries: list[tuple[dict[str, str], bytes]] = []
         self.attempts: dict[str, int] = {}
         self.requests: list[tuple[str, str]] = []
+        self.webhook_ids: dict[str, list[str]] = {}
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,6 +41,8 @@ class WebhookReceiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 job_id = json.loads(body)["id"]
                 receiver.requests.append((self.headers["Host"], self.path))
+                ids = receiver.webhook_ids.setdefault(job_id, [])
+                ids.append(self.headers["webhook-id"])
                 receiver.attempts[job_id] = receiver.attempts.get(job_id, 0) + 1
                 status, headers = answer(receiver.attempts[job_id])
                 if 200 <= status < 300:

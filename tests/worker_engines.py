@@ -24,6 +24,7 @@ from megasr.model.nets.rrdbnet import RRDBNet
 from megasr.settings import Settings
 
 HOLD_ENV = "MEGASR_TEST_HOLD"
+LOAD_HOLD_ENV = "MEGASR_TEST_LOAD_HOLD"
 
 
 class TinyEngine(TileEngine):
@@ -52,6 +53,20 @@ class TinyEngine(TileEngine):
             x = tiles.to(self.device, torch.float32)
             base = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
             return (base + 0.1 * torch.tanh(self.net(x))).clamp(0, 1).cpu()
+
+
+class SlowLoadingEngine(TinyEngine):
+    """Its load waits while the file named by ``MEGASR_TEST_LOAD_HOLD`` exists: a test holds
+    the worker in its loading state for as long as it needs, as a real engine's minutes of
+    loading and compiling on a CPU would."""
+
+    name = "tiny-slow"
+
+    def load(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
+        hold = os.environ.get(LOAD_HOLD_ENV)
+        while hold and Path(hold).exists():
+            time.sleep(0.01)  # the test lets loading finish by deleting the file
+        super().load(device, dtype)
 
 
 class OutOfMemoryEngine(TinyEngine):

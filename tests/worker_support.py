@@ -201,7 +201,7 @@ class WorkerProcess:
             stderr=self.log,
         )
 
-    def wait_ready(self) -> WorkerProcess:
+    def wait_ready(self, timeout_s: float = 60) -> WorkerProcess:
         def ready() -> bool:
             if self.process.poll() is not None:
                 pytest.fail(f"worker {self.name} exited with {self.process.returncode}")
@@ -210,7 +210,11 @@ class WorkerProcess:
             except OSError:
                 return False
 
-        wait_for(ready, f"worker {self.name} to be ready", timeout_s=60)
+        try:
+            wait_for(ready, f"worker {self.name} to be ready", timeout_s=timeout_s)
+        except pytest.fail.Exception:
+            tail = Path(self.log.name).read_text(errors="replace")[-2000:]
+            pytest.fail(f"worker {self.name} not ready in {timeout_s:g} s; its log ends:\n{tail}")
         return self
 
     def metrics(self) -> dict[tuple[str, tuple], float]:

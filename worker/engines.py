@@ -32,7 +32,11 @@ from megasr.engine_status import EngineState
 from megasr.errors import EngineError
 from megasr.model.device import engine_placement
 from megasr.model.engines.base import Engine, TileSpec
-from megasr.model.engines.registry import create_engine, resolve_engine_name
+from megasr.model.engines.registry import (
+    create_engine,
+    resolve_engine_name,
+    worker_engine_specs,
+)
 from megasr.settings import Settings
 
 logger = logging.getLogger("megasr.worker.engines")
@@ -130,7 +134,7 @@ class EnginePool:
         ``details``); ``on_change`` is called after each step, so the worker can announce it.
         """
         notify = on_change or (lambda: None)
-        for spec in self.settings.worker_engines:
+        for spec in worker_engine_specs(self.settings.worker_engines, self.settings):
             engine = build_engine(spec, self.settings)
             self.states[engine.name] = EngineState.LOADING
             notify()

@@ -18,9 +18,9 @@ import threading
 from collections.abc import Callable
 
 from redis.exceptions import RedisError
-from rq.worker import BaseWorker
 
 from megasr.worker.lease import Leases
+from megasr.worker.rq_adapter import RQWorker
 
 logger = logging.getLogger("megasr.worker.heartbeat")
 
@@ -30,7 +30,7 @@ class HeartbeatThread(threading.Thread):
 
     def __init__(
         self,
-        worker: BaseWorker,
+        worker: RQWorker,
         leases: Leases,
         interval_s: float,
         renewing: Callable[[], bool],

@@ -32,6 +32,7 @@ from rq.utils import now, utcformat
 
 from megasr.cancellation import cancel_key
 from megasr.recovery import BATCH_FIELD, OWNER_FIELD
+from megasr.worker.rq_adapter import mark_started
 
 _START = f"""
 if redis.call('HGET', KEYS[2], '{OWNER_FIELD}') == ARGV[2]
@@ -81,6 +82,11 @@ class JobState:
     status: str | None
     owned: bool  # still this execution's, with a lease that has not run out
 
+    @property
+    def canceled(self) -> bool:
+        """The gateway asked to cancel the job (its cancel key), or RQ's status says so."""
+        return self.cancel_requested or self.status == JobStatus.CANCELED
+
 
 class Leases:
     """The lease scripts of one worker; ``ttl_s`` is the lease, ``margin_s`` what a claim
@@ -111,10 +117,8 @@ class Leases:
         ]
         args = [job.id, self.owner(execution), batch_size, utcformat(started), self.worker_name]
         outcome = self._start(keys=keys, args=args).decode()
-        if outcome == "started":  # what RQ's prepare_for_execution sets on the object
-            job.worker_name = self.worker_name
-            job.started_at = job.last_heartbeat = started
-            job._status = JobStatus.STARTED
+        if outcome == "started":
+            mark_started(job, self.worker_name, started)
         return outcome
 
     def renew(self, executions: list[Execution]) -> list[bool]:

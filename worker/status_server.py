@@ -1,11 +1,11 @@
 """The worker's own HTTP port: ``/metrics``, ``/healthz`` and ``/readyz``.
 
 A worker speaks RQ, not HTTP, so this is a small threaded server from the standard library
-that runs beside the work loop. ``/readyz`` turns true only once every engine is loaded and
-warmed up, so an orchestrator sends no traffic to a worker still loading weights (a worker
-takes work from the queue, but a readiness gate still keeps rollouts honest). ``/healthz``
-answers 503 with the reason once the worker is unhealthy (:mod:`.health`), so a liveness
-probe restarts it.
+that runs beside the work loop. ``/readyz`` turns 200 only once every engine is loaded and
+warmed up, so an orchestrator counts no worker still loading weights as available (a worker
+takes work from the queue, but a readiness gate still keeps rollouts honest), and back to
+503 once the worker drains or stops. ``/healthz`` answers 503 with the reason once the
+worker is unhealthy or exiting (:mod:`.health`), so a liveness probe restarts it.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from megasr.errors import ServiceUnavailableError
+from megasr.worker.health import WorkerHealth
 from megasr.worker.prometheus import WorkerMetrics
 
 
@@ -30,10 +31,10 @@ class StatusServer:
         host: str,
         port: int,
         metrics: WorkerMetrics,
-        is_ready: Callable[[], bool],
-        problem: Callable[[], str | None] = lambda: None,
+        health: WorkerHealth,
+        engines_ready: Callable[[], bool],
     ) -> None:
-        handler = _handler_class(metrics, is_ready, problem)
+        handler = _handler_class(metrics, health, engines_ready)
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
@@ -61,7 +62,7 @@ class StatusServer:
 
 
 def _handler_class(
-    metrics: WorkerMetrics, is_ready: Callable[[], bool], problem: Callable[[], str | None]
+    metrics: WorkerMetrics, health: WorkerHealth, engines_ready: Callable[[], bool]
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "megasr-worker"
@@ -71,16 +72,16 @@ def _handler_class(
             if path == "/metrics":
                 self._send(HTTPStatus.OK, metrics.exposition(), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                if (reason := problem()) is None:
+                if (reason := health.problem()) is None:
                     self._json(HTTPStatus.OK, {"status": "ok"})
                 else:
-                    self._json(
-                        HTTPStatus.SERVICE_UNAVAILABLE, {"status": "unhealthy", "detail": reason}
-                    )
+                    word = "exiting" if health.exiting and not health.failed else "unhealthy"
+                    self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"status": word, "detail": reason})
             elif path == "/readyz":
-                ready = is_ready()
-                status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
-                self._json(status, {"status": "ready" if ready else "loading"})
+                readiness = health.readiness(engines_ready())
+                ok = readiness == "ready"
+                status = HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE
+                self._json(status, {"status": readiness})
             else:
                 self._json(HTTPStatus.NOT_FOUND, {"status": "not found"})
 

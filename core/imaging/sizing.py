@@ -52,6 +52,13 @@ class OutputSize:
             )
         return size
 
+    def factor(self, width: int, height: int, max_pixels: int | None = None) -> float:
+        """How much an input of ``width`` x ``height`` is enlarged: the larger of the two
+        sides' factors, less the half pixel that rounding may have added (so a x2 request
+        of an odd side counts as x2, not a little more)."""
+        out_width, out_height = self.resolve(width, height, max_pixels)
+        return max((out_width - 0.5) / width, (out_height - 0.5) / height)
+
 
 def _round_side(value: float) -> int:
     """Round half up (not to even), so 2.5 px gives 3 px on every platform."""

@@ -10,9 +10,13 @@ without polling for it. Three places decide that a job ended, and each tells the
   on its last try (:meth:`JobNotifier.on_abandoned`, an RQ exception handler).
 
 The webhook goes into the durable outbox in Redis (:mod:`megasr.webhooks.outbox`) in the same
-moment, and this process's :class:`~megasr.webhooks.delivery.WebhookDispatcher` (or any other
-gateway's or worker's) delivers it. Delivery is at least once: a job canceled just as a
-worker takes it may be told twice, and so may a receiver whose answer was lost.
+moment (a worker queues it into the very transaction that writes the job's end:
+:meth:`JobNotifier.queue_in`), and this process's
+:class:`~megasr.webhooks.delivery.WebhookDispatcher` (or any other gateway's or worker's)
+delivers it. Each end of a job has one delivery id (:func:`delivery_id`), whoever tells it
+and however often: a job canceled just as a worker takes it, or a cleanup that ran twice,
+is one delivery. Attempts are at least once: a receiver whose answer was lost gets the same
+``webhook-id`` again, and drops it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 
 from redis import Redis
+from redis.client import Pipeline
 from rq.exceptions import AbandonedJobError
 from rq.job import Job
 
@@ -35,6 +40,11 @@ from megasr.webhooks.outbox import WebhookOutbox
 
 # The dispatcher's own connection: a Redis that stops answering must not hang its thread.
 DISPATCHER_SOCKET_TIMEOUT_S = 10.0
+
+
+def delivery_id(job_id: str, status: JobStatus) -> str:
+    """The ``webhook-id`` of the webhook that tells ``job_id`` ended at ``status``."""
+    return f"msg_{status}_{job_id}"
 
 
 class JobNotifier:
@@ -59,14 +69,30 @@ class JobNotifier:
         return cls(settings, storage, dispatcher)
 
     def notify(self, job: Job, status: JobStatus) -> None:
+        """Queue the webhook of ``job``'s end at ``status`` and send it soon."""
+        with job.connection.pipeline() as pipeline:
+            queued = self.queue_in(pipeline, job, status)
+            pipeline.execute()
+        if queued:
+            self.wake(job.connection)
+
+    def queue_in(self, pipeline: Pipeline, job: Job, status: JobStatus) -> bool:
+        """Add the webhook of ``job``'s end at ``status`` to ``pipeline``, a transaction the
+        caller executes with the end itself; False when the job asked for none."""
         payload = job.args[0]
         url = payload.get("params", {}).get("webhook_url")
         if not url:
-            return
+            return False
         body = self.view(job, status).model_dump_json().encode()
         outbox = WebhookOutbox(job.connection, self.settings.queue_name)
-        outbox.add(url, f"job.{status}", payload.get("tenant", ""), job.id, body)
-        self.dispatcher.start(job.connection)
+        tenant = payload.get("tenant", "")
+        event = f"job.{status}"
+        outbox.add(url, event, tenant, job.id, body, delivery_id(job.id, status), pipeline)
+        return True
+
+    def wake(self, connection: Redis) -> None:
+        """Deliver what was just queued now, rather than at the dispatcher's next poll."""
+        self.dispatcher.start(connection)
         self.dispatcher.wake()
 
     def on_abandoned(

@@ -2,9 +2,12 @@
 
 A delivery is a hash ``megasr:webhook:{id}`` (URL, event, tenant, job id, body, attempts,
 last error) and its id in the sorted set ``megasr:webhooks:{queue}:due``, scored by when it is
-next due. Both are written in one transaction when a job ends, so a process that dies a
-moment later loses nothing: whichever process drains the outbox next (every gateway and
-worker runs a :class:`~megasr.webhooks.delivery.WebhookDispatcher`) delivers it. The queue name
+next due. Both are written in one step (a script), inside the transaction that writes the
+job's end when the caller passes its pipeline, so a process that dies a moment later loses
+nothing: whichever process drains the outbox next (every gateway and worker runs a
+:class:`~megasr.webhooks.delivery.WebhookDispatcher`) delivers it. Adding an id the outbox
+already holds changes nothing, so a job's end told twice (a transaction retried, two
+processes deciding the same end) is one delivery with one ``webhook-id``. The queue name
 scopes the outbox to one deployment: only processes with its settings (its secrets, its
 address policy) deliver its webhooks.
 
@@ -24,9 +27,19 @@ import time
 from dataclasses import dataclass
 
 from redis import Redis
+from redis.client import Pipeline
 
 RECORD_PREFIX = "megasr:webhook:"
 
+# KEYS: the due set, the record; ARGV: when due, the id, then the record's fields and values.
+# Sent as EVAL, never EVALSHA: inside a transaction a script missing from Redis's cache (a
+# restart flushes it) would fail alone and let the rest of the transaction commit without it.
+_ADD = """
+if redis.call('exists', KEYS[2]) == 1 then return 0 end
+redis.call('hset', KEYS[2], unpack(ARGV, 3))
+redis.call('zadd', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
 # KEYS[1] the due set; ARGV: now, the lease's end, how many at most. Returns the claimed ids.
 _CLAIM = """
 local ids = redis.call('zrangebyscore', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
@@ -81,9 +94,21 @@ class WebhookOutbox:
         self._claim = connection.register_script(_CLAIM)
         self._retry = connection.register_script(_RETRY)
 
-    def add(self, url: str, event: str, tenant: str, job_id: str, body: bytes) -> str:
-        """Queue a delivery, due now; returns its id (the ``webhook-id`` of every attempt)."""
-        delivery_id = "msg_" + secrets.token_urlsafe(16)
+    def add(
+        self,
+        url: str,
+        event: str,
+        tenant: str,
+        job_id: str,
+        body: bytes,
+        delivery_id: str | None = None,
+        client: Pipeline | None = None,
+    ) -> str:
+        """Queue a delivery, due now, unless ``delivery_id`` is queued already; returns its
+        id (the ``webhook-id`` of every attempt; a random one when None). With ``client``
+        (a transaction's pipeline) the write joins that transaction and commits with it."""
+        delivery_id = delivery_id or "msg_" + secrets.token_urlsafe(16)
+        now = time.time()
         fields = {
             "url": url,
             "event": event,
@@ -91,12 +116,11 @@ class WebhookOutbox:
             "job_id": job_id,
             "body": body,
             "attempts": 0,
-            "created_at": time.time(),
+            "created_at": now,
         }
-        with self.connection.pipeline() as pipe:  # MULTI/EXEC: both or neither
-            pipe.hset(record_key(delivery_id), mapping=fields)
-            pipe.zadd(self.due_key, {delivery_id: time.time()})
-            pipe.execute()
+        values = [item for pair in fields.items() for item in pair]
+        target = client if client is not None else self.connection
+        target.eval(_ADD, 2, self.due_key, record_key(delivery_id), now, delivery_id, *values)
         return delivery_id
 
     def claim(self, lease_s: float, limit: int) -> list[str]:

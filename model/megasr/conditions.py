@@ -69,6 +69,16 @@ class MegaSRConditions:
     def has_guidance(self) -> bool:
         return self.hed is not None and self.depth is not None and self.seg is not None
 
+    @property
+    def present(self) -> tuple[bool, ...]:
+        """Which tensors are given, in field order: tiles batch together only when their
+        conditions agree on this (a module cannot be on for some rows and off for others)."""
+        return tuple(getattr(self, name) is not None for name in _TENSOR_FIELDS)
+
+    def connected(self, image_tokens: torch.Tensor) -> MegaSRConditions:
+        """The same conditions with the image tokens already through a shared Connector."""
+        return replace(self, image_tokens=image_tokens)
+
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> MegaSRConditions:
         """Apply ``fn`` to every tensor present (device moves, slicing); the cache stays."""
         values = {name: getattr(self, name) for name in _TENSOR_FIELDS}

@@ -1,21 +1,18 @@
-"""The MegaSR configuration: every decision of the design behind a typed, versioned field.
+"""The MegaSR configuration: every decision of the design behind a typed field.
 
 The paper leaves several choices open (model.md marks them "decision:"). Each one is a field
 here so that it can be changed when the paper's text is checked, and so that a checkpoint
-records the exact architecture it was trained with. The configuration is plain JSON on
-disk; ``format_version`` says which layout of the checkpoint and of this file it follows.
+records the exact architecture it was trained with: :class:`ModulesConfig` travels in the
+``config.json`` of each MegaSR network, :class:`InferenceConfig` in the pipeline's
+``model_index.json`` (docs/megasr-checkpoint.md).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from megasr.errors import EngineError
-from megasr.model.extractors.config import ExtractorConfig
-
-FORMAT_VERSION = 2
 
 Sampler = Literal["ddpm", "ddim", "dpm-solver++"]
 ColorFix = Literal["adain", "wavelet", "none"]
@@ -25,18 +22,20 @@ StartMode = Literal["lr", "noise"]
 
 @dataclass(frozen=True)
 class ModulesConfig:
-    """The new modules (CSM, MSFM) and where they go."""
+    """The architecture of the new modules (CSM, MSFM) of one network.
+
+    A MegaSR U-Net or ControlNet takes these fields as constructor arguments (and records them
+    in its ``config.json``), together with ``csm`` and ``msfm``, which say whether that network
+    carries the modules at all.
+    """
 
     clip_width: int = 1024
     """Width of the CLIP vision tokens ``e_i`` that the Connector maps to cross-attention width."""
     connector: ConnectorMode = "per_block"
-    """One Connector inside every CSM (as the figure draws it) or one shared by all blocks."""
+    """One Connector inside every CSM (as the figure draws it) or one shared by all blocks of
+    the network."""
     lgwam_bias: bool = True
     """Whether LGWAM's zero-initialised ``W`` has a (zero-initialised) bias."""
-    csm_in_unet: bool = True
-    csm_in_controlnet: bool = True
-    msfm_in_unet: bool = True
-    msfm_in_controlnet: bool = True
     guidance_channels: int = 64
     """C_g: channels of the stage-1 region guidance ``G_r``."""
     guidance_norm_groups: int = 32
@@ -53,10 +52,10 @@ class ModulesConfig:
     """``F + ZeroConv1x1(F_h + F_r)`` (identity at init); False gives the figure's ``F_h + F_r``."""
     guidance_antialias: bool = True
     """Antialias the bilinear downsizing of ``G_h`` and ``G_d``, so thin edges survive."""
-    controlnet_embedding_channels: tuple[int, ...] = (16, 32, 96, 256)
-    """Channels of ControlNet's conditioning encoder (diffusers' default; three stride-2 steps)."""
 
     def __post_init__(self) -> None:
+        if self.connector not in get_args(ConnectorMode):
+            raise EngineError(f"connector must be one of {get_args(ConnectorMode)}")
         if self.saft_kernel_size % 2 == 0:
             raise EngineError(f"saft_kernel_size must be odd, got {self.saft_kernel_size}")
         if self.guidance_channels % self.guidance_norm_groups:
@@ -66,6 +65,9 @@ class ModulesConfig:
             )
         if self.guidance_channels < self.se_reduction:
             raise EngineError("se_reduction must not exceed guidance_channels")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -117,37 +119,9 @@ class InferenceConfig:
             raise EngineError(f"step_cache_mb must not be negative, got {self.step_cache_mb}")
 
 
-@dataclass(frozen=True)
-class MegaSRConfig:
-    """Everything a checkpoint needs to rebuild its model, plus where its parts came from."""
-
-    format_version: int = FORMAT_VERSION
-    preset: str = "sd2-base"
-    modules: ModulesConfig = field(default_factory=ModulesConfig)
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
-    extractors: ExtractorConfig = field(default_factory=ExtractorConfig)
-    """The guidance extractors, CLIP and the tagger; sources relative to ``extractors/``."""
-    sources: dict[str, str] = field(default_factory=dict)
-    """Where each base component was taken from (a local path or a hub id), for provenance."""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> MegaSRConfig:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise EngineError(f"MegaSR config is not valid JSON: {error}") from error
-        if not isinstance(data, dict):
-            raise EngineError("MegaSR config must be a JSON object")
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise EngineError(
-                f"MegaSR checkpoint format {version!r} is not supported (this build reads "
-                f"{FORMAT_VERSION}); build the checkpoint again with megasr model init"
-            )
-        return _from_dict(cls, data, "config")
+def inference_config_from_dict(data: Any) -> InferenceConfig:
+    """An :class:`InferenceConfig` from JSON data, refusing unknown keys and wrong types."""
+    return _from_dict(InferenceConfig, data, "inference")
 
 
 def modules_config_from_dict(data: Any) -> ModulesConfig:

@@ -1,4 +1,5 @@
-"""CSM, the Customized Semantics Module, as diffusers attention processors.
+"""CSM, the Customized Semantics Module: the cross-attention of a transformer block that also
+attends to the image tokens.
 
 The CSM replaces the cross-attention step of a transformer block: the block's own frozen
 cross-attention runs twice with one query, once on the text tokens ``e_t`` (``A_t``) and once
@@ -7,30 +8,48 @@ on the Connector-mapped image tokens ``e_i``; the second result goes through LGW
 "frozen copy" the figure draws. LGWAM's zero-initialised ``W`` makes ``A_i`` zero at
 initialisation, so a fresh CSM computes what the pretrained block computed.
 
-Keys and values depend on the tokens only, never on the denoising step, so with a
-:class:`~megasr.model.megasr.conditions.StepCache` they are computed once per batch of tiles.
-The image tokens have one row per tile; their keys and values are repeated over the copies of
-the batch (classifier-free guidance), where the text already has a row per copy.
+:class:`CSMAttention` is that cross-attention: a diffusers :class:`Attention` whose ``csm``
+submodule holds the Connector and LGWAM. Both branches run through the layer's attention
+processor, whichever diffusers installs (scaled dot product, sliced, fused projections,
+xformers), so every processor call of diffusers keeps the CSM working; a processor that is
+not plain attention (IP-Adapter, Custom Diffusion, added key/value projections) would compute
+something else on the image tokens, and is refused with an error.
 
-diffusers keeps only the ``cross_attention_kwargs`` that the processor's ``__call__`` names,
-so every processor here names the ``megasr`` key: the CSM reads it, the plain processors
-(every self-attention, and cross-attention where the CSM is switched off) accept it.
+The image tokens reach the layer the way diffusers' IP-Adapter hands its image tokens to its
+processors: inside ``encoder_hidden_states`` (a :class:`CSMContext` pair of the text states
+and the image tokens, built by the transformer that owns the layer). They have one row per
+tile; the hidden states may hold several copies of those rows (classifier-free guidance).
 """
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
-import torch.nn.functional as F
 from diffusers.models.attention_processor import (
     Attention,
+    AttnProcessor,
     AttnProcessor2_0,
+    AttnProcessorNPU,
     FusedAttnProcessor2_0,
+    SlicedAttnProcessor,
+    XFormersAttnProcessor,
 )
 from torch import nn
 
-from megasr.model.megasr.conditions import MegaSRConditions, StepCache, copies_of
+from megasr.model.megasr.conditions import StepCache, copies_of
+from megasr.model.megasr.config import ModulesConfig
 
-KeyValue = tuple[torch.Tensor, torch.Tensor]
+PLAIN_PROCESSORS = (
+    AttnProcessor,
+    AttnProcessor2_0,
+    AttnProcessorNPU,
+    FusedAttnProcessor2_0,
+    SlicedAttnProcessor,
+    XFormersAttnProcessor,
+)
+"""diffusers' processors that compute the layer's plain attention of a query over a context:
+the only kind the CSM can run its visual branch through."""
 
 
 class LGWAM(nn.Module):
@@ -48,101 +67,109 @@ class LGWAM(nn.Module):
         return torch.sigmoid(self.gate) * self.proj(attended)
 
 
-class CSMProcessor(nn.Module):
-    """Cross-attention with the CSM visual branch; its Connector and LGWAM are trainable.
+class CSM(nn.Module):
+    """The trainable part of one CSM: its Connector (None when the network shares one) and
+    its LGWAM."""
 
-    ``connector_width`` None means the image tokens arrive already mapped to the
-    cross-attention width (a Connector shared by all blocks, applied once per forward).
-    """
-
-    def __init__(
-        self,
-        query_dim: int,
-        cross_attention_dim: int,
-        connector_width: int | None,
-        lgwam_bias: bool = True,
-    ) -> None:
+    def __init__(self, query_dim: int, cross_attention_dim: int, modules: ModulesConfig) -> None:
         super().__init__()
-        self.connector = (
-            None if connector_width is None else nn.Linear(connector_width, cross_attention_dim)
-        )
-        self.lgwam = LGWAM(query_dim, bias=lgwam_bias)
+        per_block = modules.connector == "per_block"
+        self.connector = nn.Linear(modules.clip_width, cross_attention_dim) if per_block else None
+        self.lgwam = LGWAM(query_dim, bias=modules.lgwam_bias)
 
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        megasr: MegaSRConditions | None = None,
-    ) -> torch.Tensor:
-        # Defined here, not only as forward, because diffusers reads this signature to decide
-        # which cross_attention_kwargs reach the processor.
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, megasr)
+
+class CSMContext(NamedTuple):
+    """What a :class:`CSMAttention` attends to: the text states (copies x B rows), the image
+    tokens (B rows) and the step cache of the batch of tiles (or None)."""
+
+    text: torch.Tensor
+    image_tokens: torch.Tensor
+    cache: StepCache | None = None
+
+
+class CSMAttention(Attention):
+    """A block's cross-attention with the CSM visual branch (see the module docstring)."""
+
+    def __init__(self, *, modules: ModulesConfig, **attention: Any) -> None:
+        super().__init__(**attention)
+        check_supported(self)
+        self.csm = CSM(self.out_dim, self.cross_attention_dim, modules)
+
+    @classmethod
+    def like(cls, attn: Attention, modules: ModulesConfig) -> CSMAttention:
+        """A CSM cross-attention with the architecture of ``attn`` (fresh weights), as
+        diffusers' ``BasicTransformerBlock`` builds its ``attn2``."""
+        csm = cls(
+            modules=modules,
+            query_dim=attn.query_dim,
+            cross_attention_dim=attn.cross_attention_dim,
+            heads=attn.heads,
+            dim_head=attn.inner_dim // attn.heads,
+            dropout=attn.dropout,
+            bias=attn.use_bias,
+            upcast_attention=attn.upcast_attention,
+            out_bias=attn.to_out[0].bias is not None,
+        )
+        ours = {k: v.shape for k, v in csm.state_dict().items() if not k.startswith("csm.")}
+        theirs = {k: v.shape for k, v in attn.state_dict().items()}
+        if ours != theirs:
+            raise ValueError("the CSM cannot rebuild this cross-attention layer exactly")
+        return csm
+
+    def set_processor(self, processor: Any) -> None:
+        """diffusers' ``set_processor``, for plain attention processors only."""
+        check_plain(processor)
+        super().set_processor(processor)
 
     def forward(
         self,
-        attn: Attention,
         hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        megasr: MegaSRConditions | None,
-    ) -> torch.Tensor:
-        if encoder_hidden_states is None:
-            raise ValueError("the CSM is a cross-attention: it needs encoder_hidden_states")
-        cache = megasr.cache if megasr is not None else None
-        query = _split_heads(attn.to_q(hidden_states), attn.heads)
-        text_kv = _cached(cache, (self, "text"), lambda: key_value(attn, encoder_hidden_states))
-        text = _attend(attn, query, text_kv, attention_mask)
-        if megasr is None or megasr.image_tokens is None:
-            return text
-        image_kv = _cached(
-            cache, (self, "image"), lambda: self._image_key_value(attn, megasr, query.shape[0])
-        )
-        return text + self.lgwam(_attend(attn, query, image_kv, None))
-
-    def _image_key_value(self, attn: Attention, megasr: MegaSRConditions, rows: int) -> KeyValue:
-        """Keys and values of the image tokens, one row per tile, repeated to ``rows``."""
-        tokens = megasr.image_tokens.to(attn.to_k.weight.dtype)
-        if self.connector is not None:
-            tokens = self.connector(tokens)
-        copies = copies_of(rows, tokens.shape[0])
-        key, value = key_value(attn, tokens)
-        return key.repeat(copies, 1, 1, 1), value.repeat(copies, 1, 1, 1)
-
-
-class IgnoresConditions:
-    """A diffusers attention processor that accepts (and ignores) the ``megasr`` key.
-
-    Mixed in before the diffusers processor it extends; the ``__call__`` is spelled out
-    because diffusers reads its signature to decide which keyword arguments reach it.
-    """
-
-    def __call__(
-        self,
-        attn: Attention,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | CSMContext | None = None,
         attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        megasr: MegaSRConditions | None = None,
+        **cross_attention_kwargs: Any,
     ) -> torch.Tensor:
-        return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if not isinstance(encoder_hidden_states, CSMContext):
+            return super().forward(
+                hidden_states, encoder_hidden_states, attention_mask, **cross_attention_kwargs
+            )
+        text = super().forward(
+            hidden_states, encoder_hidden_states.text, attention_mask, **cross_attention_kwargs
+        )
+        tokens = self._tokens(encoder_hidden_states, hidden_states.shape[0])
+        image = super().forward(hidden_states, tokens, None, **cross_attention_kwargs)
+        return text + self.csm.lgwam(image)
+
+    def _tokens(self, context: CSMContext, rows: int) -> torch.Tensor:
+        """The image tokens through this block's Connector, repeated to ``rows`` (once per
+        batch of tiles with a step cache)."""
+
+        def connect() -> torch.Tensor:
+            tokens = context.image_tokens.to(self.to_k.weight.dtype)
+            if self.csm.connector is not None:
+                tokens = self.csm.connector(tokens)
+            return tokens.repeat(copies_of(rows, tokens.shape[0]), 1, 1)
+
+        if context.cache is None:
+            return connect()
+        return context.cache.get((self.csm, rows), connect)
 
 
-class PlainAttnProcessor(IgnoresConditions, AttnProcessor2_0):
-    """diffusers' scaled-dot-product attention, for layers without a CSM."""
-
-
-class PlainFusedAttnProcessor(IgnoresConditions, FusedAttnProcessor2_0):
-    """diffusers' fused-projection attention, for fused self-attention layers."""
+def check_plain(processor: Any) -> None:
+    """Refuse a processor the CSM cannot run its visual branch through."""
+    if not isinstance(processor, PLAIN_PROCESSORS):
+        names = ", ".join(kind.__name__ for kind in PLAIN_PROCESSORS)
+        raise ValueError(
+            f"{type(processor).__name__} cannot run a MegaSR CSM cross-attention: the CSM "
+            f"attends to the image tokens through the layer's own processor, which must be "
+            f"plain attention ({names}); IP-Adapter-style and other processors with weights "
+            "of their own would replace the CSM's visual branch"
+        )
 
 
 def check_supported(attn: Attention) -> None:
-    """Refuse attention variants whose extra steps the CSM does not perform.
+    """Refuse attention variants the CSM's sum of two attentions would compute wrongly.
 
-    SD-2 uses none of them; failing at install time beats a silently different result.
+    SD-2 uses none of them; failing at construction beats a silently different result.
     """
     extras = {
         "spatial_norm": attn.spatial_norm is not None,
@@ -150,44 +177,8 @@ def check_supported(attn: Attention) -> None:
         "norm_q/norm_k": attn.norm_q is not None or attn.norm_k is not None,
         "residual_connection": attn.residual_connection,
         "rescale_output_factor": attn.rescale_output_factor != 1.0,
+        "norm_cross": attn.norm_cross is not None,
     }
     used = [name for name, present in extras.items() if present]
     if used:
         raise ValueError(f"the CSM does not support attention with {', '.join(used)}")
-
-
-def key_value(attn: Attention, context: torch.Tensor) -> KeyValue:
-    """The block's frozen keys and values of ``context``, split into heads."""
-    if attn.norm_cross:
-        context = attn.norm_encoder_hidden_states(context)
-    return (
-        _split_heads(attn.to_k(context), attn.heads),
-        _split_heads(attn.to_v(context), attn.heads),
-    )
-
-
-def _cached(cache: StepCache | None, owner: object, compute) -> KeyValue:
-    return compute() if cache is None else cache.get(owner, compute)
-
-
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    batch, length, width = x.shape
-    return x.view(batch, length, heads, width // heads).transpose(1, 2)
-
-
-def _attend(
-    attn: Attention,
-    query: torch.Tensor,
-    keys_values: KeyValue,
-    attention_mask: torch.Tensor | None,
-) -> torch.Tensor:
-    """Attention of the (already projected) ``query`` over keys and values, then the output
-    layer of the block."""
-    key, value = keys_values
-    batch = query.shape[0]
-    if attention_mask is not None:
-        attention_mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
-        attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
-    out = out.transpose(1, 2).flatten(2).to(query.dtype)
-    return attn.to_out[1](attn.to_out[0](out))

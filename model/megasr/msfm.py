@@ -6,21 +6,20 @@ and sums the two. The module adds ``ZeroConv1x1(F_h + F_r)`` to the block's outp
 fresh MSFM passes the pretrained features through unchanged. Most of that work depends on the
 maps alone and so is the same at every denoising step (:class:`Modulation`).
 
-The module lives at ``<transformer>.msfm`` and runs from a forward hook on the transformer
-(:func:`apply_msfm`): the pretrained keys of the transformer stay exactly as they were, which
-``from_pretrained`` and ``ControlNetModel.from_unet`` need.
+The module is a submodule ``msfm`` of the transformer it modulates
+(:class:`~megasr.model.megasr.transformer.MegaSRTransformer2DModel`), which applies it to its
+output; the pretrained keys of the transformer stay exactly as they were.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from torch import nn
 
-from megasr.model.megasr.conditions import CONDITIONS_KEY, MegaSRConditions, copies_of
+from megasr.model.megasr.conditions import copies_of
 from megasr.model.megasr.config import ModulesConfig
 
 
@@ -151,36 +150,6 @@ class MSFM(nn.Module):
             x.float(), size=size, mode="bilinear", align_corners=False, antialias=antialias
         )
         return resized.to(x.dtype)
-
-
-def apply_msfm(module: Transformer2DModel, args: tuple, kwargs: dict[str, Any], output: Any) -> Any:
-    """Forward hook of a transformer: run its ``msfm`` on the output when guidance is given.
-
-    diffusers' blocks pass ``cross_attention_kwargs`` by keyword, so the maps are read from
-    the same dict the attention processors read. With a step cache the modulation comes from
-    it (computed at the first step). diffusers checkpoints the transformer, not what follows
-    it, so under gradient checkpointing the MSFM is checkpointed here with the transformer's
-    own function.
-    """
-    conditions: MegaSRConditions | None = (kwargs.get("cross_attention_kwargs") or {}).get(
-        CONDITIONS_KEY
-    )
-    if conditions is None or not conditions.has_guidance:
-        return output
-    features = output[0] if isinstance(output, tuple) else output.sample
-    msfm: MSFM = module.msfm
-    maps = (conditions.hed, conditions.depth, conditions.seg)
-    if conditions.cache is not None:
-        modulation = conditions.cache.get(msfm, lambda: msfm.modulation(*maps, features))
-        fused = msfm.modulate(features, modulation)
-    elif torch.is_grad_enabled() and module.gradient_checkpointing:
-        fused = module._gradient_checkpointing_func(msfm, features, *maps)
-    else:
-        fused = msfm(features, *maps)
-    if isinstance(output, tuple):
-        return (fused, *output[1:])
-    output.sample = fused
-    return output
 
 
 def _per_copy(x: torch.Tensor, copies: int) -> torch.Tensor:

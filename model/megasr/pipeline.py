@@ -1,421 +1,264 @@
-"""Sampling: restore whole images with MegaSR, tiled in latent space, many images at once.
+"""``MegaSRPipeline``: MegaSR as a diffusers pipeline, the one path every image takes.
 
-Every image is one image, whatever its size (model.md, "Inference settings"): the caller
-computes its tags, image tokens, guidance maps and their normalisation on the whole image
-(:meth:`~megasr.model.megasr.components.MegaSRModel.prepare`); here its start noise is drawn
-once for the whole latent canvas from its seed, its denoiser tiles are blended with Gaussian
-weights in latent space at every step, and the colour fix is applied to the whole result. A
-tile's noise therefore depends on where the tile lies, and the same seed and input give the
-same image whatever the tile size.
+A diffusers ``DiffusionPipeline`` with registered components (the MegaSR U-Net and
+ControlNet, SD-2's VAE, text encoder, tokenizer and scheduler, and the frozen extractors),
+saved and loaded with ``save_pretrained``/``from_pretrained`` and ``model_index.json``, which
+also records the inference defaults (:class:`~megasr.model.megasr.config.InferenceConfig`),
+the preset and where the base parts came from.
 
-At every step, the latent tiles of all images in hand (each at its own timestep, with its
-own prompt, tokens, maps and sampling options) are grouped by shape and stacked into forward
-passes, which is how the worker batches across jobs. Everything an image needs lives on the
-pipeline's device from preparation to the end: the control image, the maps, the tile weights,
-the latents and the random generator, so a step moves nothing from the host. What does not
-change from one step to the next for a fixed batch of tiles (their stacked control image,
-prompts and maps, the MSFM modulation, the CSM keys and values) is computed at the first step
-of that batch and reused (:class:`~megasr.model.megasr.conditions.StepCache`), within
-``step_cache_mb``.
+``pipe(image=..., prompt=..., num_inference_steps=..., generator=...)`` follows diffusers'
+call conventions. The ``megasr`` engine and the worker use the same pipeline one level down:
+:meth:`MegaSRPipeline.prepare` computes the conditions of whole images (all images of a call
+through each extractor together) and :meth:`MegaSRPipeline.restore` samples them together,
+tiled in latent space (:mod:`.sampling`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import numpy as np
+import PIL.Image
 import torch
-from diffusers import AutoencoderKL
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from transformers import CLIPTextModel, CLIPTokenizer
 
 from megasr.errors import InvalidParameterError
 from megasr.model.engines.base import Cancelled
-from megasr.model.megasr import vae as tiled_vae
-from megasr.model.megasr.batches import HalvingBatches
-from megasr.model.megasr.color_fix import color_fix
-from megasr.model.megasr.conditions import MegaSRConditions, StepCache
-from megasr.model.megasr.config import InferenceConfig
+from megasr.model.megasr.config import InferenceConfig, inference_config_from_dict
 from megasr.model.megasr.denoiser import MegaSRDenoiser
-from megasr.model.megasr.schedulers import make_scheduler
-from megasr.model.megasr.tiling import LatentTiling, TileBlender
-from megasr.model.tiler import reflect_pad
+from megasr.model.megasr.extractor_component import MegaSRExtractors
+from megasr.model.megasr.networks import MegaSRControlNetModel, MegaSRUNet2DConditionModel
+from megasr.model.megasr.prompts import PromptEncoder, compose_prompt
+from megasr.model.megasr.sampling import ImageRequest, TiledSampler
 
-VAE_FACTOR = tiled_vae.VAE_FACTOR
-MIB = 2**20
+SCALE = 4
+"""What ``__call__`` upscales by when no output size is given."""
+
+PipelineImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | Sequence[Any]
 
 
 @dataclass
-class ImageRequest:
-    """One image to restore, with everything that belongs to it alone.
+class MegaSRPipelineOutput(BaseOutput):
+    """``images``: PIL images, a NumPy array (B, H, W, 3) or a tensor (B, 3, H, W) in [0, 1]
+    (a list of arrays or tensors when the images differ in size)."""
 
-    ``lr_up`` is the bicubic-upscaled LR image (3, H, W) in [0, 1] at the output size.
-    ``text`` and ``negative_text`` are (L, D) prompt embeddings (``negative_text`` is needed
-    when the guidance scale is above 1). ``image_tokens`` (N, clip_width) and the guidance
-    maps ``hed``, ``depth`` (1, H, W) and ``seg`` (3, H, W) switch on the CSM visual branch
-    and the MSFM. ``seed`` seeds a generator on the pipeline's device, which draws the start
-    noise and the sampler's noise: the same seed gives the same image on the same device.
-    ``options`` are this image's sampling settings (None: the pipeline's defaults).
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | list[Any]
+
+
+@dataclass(frozen=True)
+class RestoreInput:
+    """One image as a caller asks for it.
+
+    ``lr`` (3, h, w) in [0, 1]; ``size`` the output (height, width); the user's prompt and
+    negative prompt (None: the checkpoint's) and seed (None: the checkpoint's); ``options``
+    this image's sampling settings (None: the pipeline's defaults, the checkpoint's);
+    ``generator`` replaces the seed's generator.
     """
 
-    lr_up: torch.Tensor
-    text: torch.Tensor
-    seed: int
-    negative_text: torch.Tensor | None = None
-    image_tokens: torch.Tensor | None = None
-    hed: torch.Tensor | None = None
-    depth: torch.Tensor | None = None
-    seg: torch.Tensor | None = None
+    lr: torch.Tensor
+    size: tuple[int, int]
+    prompt: str = ""
+    negative_prompt: str | None = None
+    seed: int | None = None
     options: InferenceConfig | None = None
-    on_step: Callable[[int, int], None] | None = None
-    should_cancel: Callable[[], bool] | None = None
+    generator: torch.Generator | None = None
 
 
-@dataclass(eq=False)
-class _Image:
-    """An image being restored: its device-resident inputs and its sampling state."""
+class MegaSRPipeline(DiffusionPipeline):
+    """Real-world super-resolution with MegaSR (see the module docstring)."""
 
-    request: ImageRequest
-    options: InferenceConfig
-    height: int
-    width: int
-    reference: torch.Tensor
-    """The upscaled LR image (3, H, W), float32: what the colour fix matches."""
-    control: torch.Tensor
-    """The same, padded to the pipeline's multiple, (1, 3, PH, PW) in the denoiser's dtype."""
-    conditions: MegaSRConditions
-    """One row: image tokens and the padded maps in the denoiser's dtype."""
-    text: torch.Tensor
-    """(copies, L, D): the negative and the positive prompt under guidance, else the positive."""
-    latents: torch.Tensor
-    scheduler: SchedulerMixin
-    generator: torch.Generator
-    tiling: LatentTiling
-    blender: TileBlender
-    step: int = 0
-    result: torch.Tensor | Cancelled | None = None
-    model_input: torch.Tensor | None = None
-    predictions: dict[int, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def guided(self) -> bool:
-        return self.options.guidance_scale > 1.0
-
-    @property
-    def timesteps(self) -> torch.Tensor:
-        return self.scheduler.timesteps
-
-    @property
-    def done(self) -> bool:
-        return self.result is not None or self.step >= len(self.timesteps)
-
-    def window(self, index: int, scale: int = 1) -> tuple[slice, slice]:
-        """Tile ``index``'s rows and columns, in latents (``scale`` 1) or pixels (8)."""
-        y, x = self.tiling.positions[index]
-        th, tw = self.tiling.tile_height, self.tiling.tile_width
-        return slice(y * scale, (y + th) * scale), slice(x * scale, (x + tw) * scale)
-
-
-_TileKey = tuple[int, int]  # (image number, tile index)
-
-
-@dataclass
-class _Chunk:
-    """The step-invariant inputs of one fixed batch of tiles, stacked once: the control image
-    and the prompts with a row per copy (classifier-free guidance), the conditions with a row
-    per tile, and each tile's guidance scale."""
-
-    control: torch.Tensor
-    text: torch.Tensor
-    conditions: MegaSRConditions
-    guidance: torch.Tensor
-    conditioning_scale: float
-
-    @property
-    def nbytes(self) -> int:
-        """Device memory the chunk holds: its stacked inputs and its step cache."""
-        maps = (self.conditions.hed, self.conditions.depth, self.conditions.seg)
-        held = sum(t.nbytes for t in (self.control, self.text, *maps) if t is not None)
-        cache = self.conditions.cache
-        return held + (0 if cache is None else cache.nbytes)
-
-
-class MegaSRPipeline:
-    """MegaSR sampling on one device; ``options`` are the defaults a request may replace."""
+    model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
 
     def __init__(
         self,
-        denoiser: MegaSRDenoiser,
         vae: AutoencoderKL,
-        scheduler_config: dict[str, Any],
-        options: InferenceConfig,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: MegaSRUNet2DConditionModel,
+        controlnet: MegaSRControlNetModel,
+        scheduler: SchedulerMixin,
+        extractors: MegaSRExtractors,
+        inference: dict[str, Any] | None = None,
+        preset: str = "sd2-base",
+        sources: dict[str, str] | None = None,
     ) -> None:
-        self.denoiser = denoiser
-        self.vae = vae
-        self.scheduler_config = dict(scheduler_config)
-        self.options = options
-        self.oom_retries = 0
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            controlnet=controlnet,
+            scheduler=scheduler,
+            extractors=extractors,
+        )
+        defaults = inference_config_from_dict(dict(inference or {}))
+        self.register_to_config(inference=asdict(defaults), preset=preset, sources=sources or {})
+        self.denoiser = MegaSRDenoiser(unet, controlnet)
+        self.sampler = TiledSampler(self.denoiser, vae, dict(scheduler.config), defaults)
+        self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=False)
 
     @property
-    def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
+    def inference(self) -> InferenceConfig:
+        """The checkpoint's inference defaults (``model_index.json``)."""
+        return inference_config_from_dict(dict(self.config.inference))
 
     @property
-    def dtype(self) -> torch.dtype:
-        return next(self.denoiser.parameters()).dtype
+    def scheduler_config(self) -> dict[str, Any]:
+        return dict(self.scheduler.config)
 
-    @property
-    def pixel_multiple(self) -> int:
-        """Image sides are padded to this internally (VAE factor times U-Net downsampling)."""
-        return VAE_FACTOR * self.denoiser.latent_multiple
+    def freeze(self) -> MegaSRPipeline:
+        """Inference mode: every component in eval and without gradients."""
+        for module in self.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.eval().requires_grad_(False)
+        return self
 
-    def encode(
-        self, image: torch.Tensor, options: InferenceConfig | None = None, batch_size: int = 4
-    ) -> torch.Tensor:
-        """(3, H, W) in [0, 1] -> (4, H/8, W/8) scaled latents, tiled when large."""
-        batches = HalvingBatches(batch_size, self.device)
-        return tiled_vae.encode(self.vae, image, options or self.options, batches)
-
-    def decode(
-        self, latents: torch.Tensor, options: InferenceConfig | None = None, batch_size: int = 4
-    ) -> torch.Tensor:
-        """(4, h, w) scaled latents -> (3, 8h, 8w) image in [0, 1], tiled when large."""
-        batches = HalvingBatches(batch_size, self.device)
-        return tiled_vae.decode(self.vae, latents, options or self.options, batches)
+    # -- the diffusers call ---------------------------------------------------------------------
 
     @torch.no_grad()
+    def __call__(
+        self,
+        image: PipelineImageInput,
+        prompt: str | list[str] | None = None,
+        negative_prompt: str | list[str] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> MegaSRPipelineOutput | tuple:
+        """Restore ``image`` (one or a list: PIL, NumPy HWC or tensors CHW/BCHW in [0, 1]).
+
+        The output is ``height`` x ``width`` (default: 4x the input). ``prompt`` and
+        ``negative_prompt`` (one, or one per image) add to the checkpoint's prompts;
+        ``num_inference_steps`` and ``guidance_scale`` replace its defaults; ``generator``
+        (one, or one per image) draws the noise (default: the checkpoint's seed, so a call is
+        reproducible). ``output_type``: ``"pil"``, ``"np"`` or ``"pt"``.
+        """
+        images = self._images(image)
+        count = len(images)
+        prompts = _per_image(prompt, count, "prompt", "")
+        negatives = _per_image(negative_prompt, count, "negative_prompt", None)
+        generators = _per_image(generator, count, "generator", None)
+        changes = {"steps": num_inference_steps, "guidance_scale": guidance_scale}
+        options = replace(
+            self.sampler.options, **{k: v for k, v in changes.items() if v is not None}
+        )
+        inputs = [
+            RestoreInput(
+                lr=lr,
+                size=(height or SCALE * lr.shape[-2], width or SCALE * lr.shape[-1]),
+                prompt=prompts[i],
+                negative_prompt=negatives[i],
+                options=options,
+                generator=generators[i],
+            )
+            for i, lr in enumerate(images)
+        ]
+        restored = self.restore(self.prepare(inputs))
+        out = self._postprocess([r for r in restored if not isinstance(r, Cancelled)], output_type)
+        self.maybe_free_model_hooks()
+        return MegaSRPipelineOutput(images=out) if return_dict else (out,)
+
+    def _images(self, image: PipelineImageInput) -> list[torch.Tensor]:
+        """Each input image as a (3, h, w) float tensor in [0, 1]."""
+        many = isinstance(image, list | tuple) or (
+            isinstance(image, torch.Tensor) and image.ndim == 4
+        )
+        items = list(image) if many else [image]
+        if not items:
+            raise InvalidParameterError("MegaSRPipeline needs at least one image")
+        return [self.image_processor.preprocess(item)[0].float().clamp(0, 1) for item in items]
+
+    def _postprocess(self, images: list[torch.Tensor], output_type: str) -> Any:
+        if output_type not in ("pil", "np", "pt"):
+            raise InvalidParameterError(f"output_type must be pil, np or pt, not {output_type!r}")
+        each = [self.image_processor.postprocess(i[None], output_type=output_type) for i in images]
+        if output_type == "pil":
+            return [pil for one in each for pil in one]
+        same = len({tuple(i.shape) for i in images}) == 1
+        if output_type == "np":
+            return np.concatenate(each) if same else [one[0] for one in each]
+        return torch.cat(each) if same else [one[0] for one in each]
+
+    # -- what the engine calls ------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prepare(self, inputs: Sequence[RestoreInput]) -> list[ImageRequest]:
+        """The requests that restore ``inputs``, with every condition of each whole image.
+
+        Each LR image is upscaled bicubically to its output size; the guidance maps come from
+        the upscaled image, the CLIP tokens and tags from the LR image, all images of the call
+        through each extractor together (one CLIP pass gives both tokens and tags); every
+        prompt and negative prompt goes through the text encoder in one batch. The results
+        stay on the pipeline's device.
+        """
+        device = self.text_encoder.device
+        defaults = self.sampler.options
+        options = [given.options or defaults for given in inputs]
+        lrs = [given.lr.float().clamp(0.0, 1.0).to(device) for given in inputs]
+        lr_ups = [_bicubic(lr, given.size) for lr, given in zip(lrs, inputs, strict=True)]
+        maps = self.extractors.guidance_each(lr_ups)
+        tokens, tags = self.extractors.semantics(lrs)
+        prompts = [
+            compose_prompt(tag, given.prompt, option.added_prompt)
+            for tag, given, option in zip(tags, inputs, options, strict=True)
+        ]
+        negatives = [
+            option.negative_prompt if given.negative_prompt is None else given.negative_prompt
+            for given, option in zip(inputs, options, strict=True)
+        ]
+        text = PromptEncoder(self.tokenizer, self.text_encoder)([*prompts, *negatives])
+        count = len(inputs)
+        return [
+            ImageRequest(
+                lr_up=lr_ups[i],
+                text=text[i],
+                negative_text=text[count + i],
+                seed=defaults.seed if given.seed is None else given.seed,
+                image_tokens=tokens[i],
+                hed=maps[i].hed,
+                depth=maps[i].depth,
+                seg=maps[i].seg,
+                options=given.options,
+                generator=given.generator,
+            )
+            for i, given in enumerate(inputs)
+        ]
+
     def restore(
         self,
         requests: list[ImageRequest],
         batch_size: int = 4,
         on_batch: Callable[[int], None] | None = None,
     ) -> list[torch.Tensor | Cancelled]:
-        """Restore every image; each result is (3, H, W) float32 in [0, 1] on the CPU, or the
-        :class:`Cancelled` of an image whose ``should_cancel`` said so.
-
-        ``batch_size`` is the number of tiles per forward pass (each runs twice under
-        classifier-free guidance); it is halved for the rest of the call if the device runs
-        out of memory. ``on_batch(n)`` is called after each forward pass of ``n`` tiles.
-        """
-        batches = HalvingBatches(batch_size, self.device)
-        images = [self._prepare(request, batches) for request in requests]
-        chunks: dict[tuple[_TileKey, ...], _Chunk] = {}
-        try:
-            while True:
-                active = [image for image in images if not image.done]
-                active = [image for image in active if not self._cancelled(image)]
-                if not active:
-                    break
-                self._step(images, active, chunks, batches, on_batch)
-                for image in active:
-                    if image.done:
-                        image.result = self._finish(image, batches)
-        finally:
-            self.oom_retries += batches.oom_retries
-        return [image.result for image in images]
+        """Sample every request together (:meth:`.sampling.TiledSampler.restore`)."""
+        return self.sampler.restore(requests, batch_size, on_batch)
 
     def restore_one(self, request: ImageRequest, batch_size: int = 4) -> torch.Tensor:
-        """One image; raises :class:`Cancelled` if it was cancelled."""
-        (result,) = self.restore([request], batch_size)
-        if isinstance(result, Cancelled):
-            raise result
-        return result
+        return self.sampler.restore_one(request, batch_size)
 
-    # -- preparing an image -----------------------------------------------------------------
 
-    def _prepare(self, request: ImageRequest, batches: HalvingBatches) -> _Image:
-        options = request.options or self.options
-        guided = options.guidance_scale > 1.0
-        if guided and request.negative_text is None:
-            raise InvalidParameterError("classifier-free guidance needs negative embeddings")
-        device, dtype = self.device, self.dtype
-        _, height, width = request.lr_up.shape
-        m = self.pixel_multiple
-        padded = (-(-height // m) * m, -(-width // m) * m)
-        reference = request.lr_up.to(device, torch.float32)
-        lr_up = reflect_pad(reference, *padded)
-        latents_lr = tiled_vae.encode(self.vae, lr_up, options, batches)[None]
-        generator = torch.Generator(device).manual_seed(request.seed)
-        scheduler = make_scheduler(options.sampler, self.scheduler_config)
-        scheduler.set_timesteps(options.steps, device=device)
-        noise = torch.randn(latents_lr.shape, generator=generator, device=device)
-        if options.start == "lr":
-            latents = scheduler.add_noise(latents_lr, noise, scheduler.timesteps[:1])
-        else:
-            latents = noise * scheduler.init_noise_sigma
-        tiling = LatentTiling.plan(
-            padded[0] // VAE_FACTOR,
-            padded[1] // VAE_FACTOR,
-            options.latent_tile,
-            options.latent_tile_overlap,
-            options.tile_sigma,
-            self.denoiser.latent_multiple,
-        )
-        texts = [request.negative_text, request.text] if guided else [request.text]
-        return _Image(
-            request=request,
-            options=options,
-            height=height,
-            width=width,
-            reference=reference,
-            control=lr_up[None].to(dtype),
-            conditions=self._conditions(request, padded),
-            text=torch.stack(texts).to(device, dtype),
-            latents=latents,
-            scheduler=scheduler,
-            generator=generator,
-            tiling=tiling,
-            blender=TileBlender(tiling, device),
-        )
+def _bicubic(lr: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``x_lr_up``: the LR image (3, h, w) upscaled bicubically to ``size``, in [0, 1]."""
+    up = F.interpolate(lr[None], size=size, mode="bicubic", align_corners=False)
+    return up[0].clamp(0.0, 1.0)
 
-    def _conditions(self, request: ImageRequest, padded: tuple[int, int]) -> MegaSRConditions:
-        device, dtype = self.device, self.dtype
 
-        def resident(value: torch.Tensor | None, pad: bool) -> torch.Tensor | None:
-            if value is None:
-                return None
-            value = value.to(device, dtype)
-            return (reflect_pad(value, *padded) if pad else value)[None]
-
-        return MegaSRConditions(
-            image_tokens=resident(request.image_tokens, pad=False),
-            hed=resident(request.hed, pad=True),
-            depth=resident(request.depth, pad=True),
-            seg=resident(request.seg, pad=True),
-        )
-
-    # -- one step of every image ------------------------------------------------------------
-
-    def _step(
-        self,
-        images: list[_Image],
-        active: list[_Image],
-        chunks: dict[tuple[_TileKey, ...], _Chunk],
-        batches: HalvingBatches,
-        on_batch: Callable[[int], None] | None,
-    ) -> None:
-        """One denoising step of every active image: its tiles predicted in shape-grouped
-        forward passes, blended, and its scheduler stepped."""
-        number = {id(image): n for n, image in enumerate(images)}
-        groups: dict[tuple, list[_TileKey]] = {}
-        for image in active:
-            t = image.timesteps[image.step]
-            image.model_input = image.scheduler.scale_model_input(image.latents, t)
-            image.predictions = {}
-            shape = (image.tiling.tile_height, image.tiling.tile_width)
-            key = (*shape, image.guided, image.options.conditioning_scale)
-            n = number[id(image)]
-            groups.setdefault(key, []).extend((n, i) for i in range(len(image.tiling)))
-        used: set[tuple[_TileKey, ...]] = set()
-
-        def predict(tiles: list[_TileKey]) -> list[None]:
-            key = tuple(tiles)
-            used.add(key)
-            chunk = chunks.get(key) or self._chunk(images, tiles)
-            if self._budget:
-                chunks[key] = chunk
-            self._predict(images, tiles, chunk)
-            if chunk.conditions.cache is not None:
-                self._keep_within_budget(chunks, chunk)
-            if on_batch is not None:
-                on_batch(len(tiles))
-            return [None] * len(tiles)
-
-        for tiles in groups.values():
-            batches.map(predict, tiles)
-        for stale in set(chunks) - used:
-            del chunks[stale]
-        for image in active:
-            self._advance(image)
-
-    def _chunk(self, images: list[_Image], tiles: list[_TileKey]) -> _Chunk:
-        """Stack the step-invariant inputs of ``tiles`` (a fixed batch of tiles)."""
-        members = [(images[n], index) for n, index in tiles]
-        copies = members[0][0].text.shape[0]
-        rows = []
-        for image, index in members:
-            ys, xs = image.window(index, VAE_FACTOR)
-            rows.append(
-                image.conditions.map(lambda t, ys=ys, xs=xs: t[..., ys, xs] if t.ndim == 4 else t)
-            )
-        conditions = MegaSRConditions.cat(rows)
-        conditions.cache = StepCache() if self._budget else None
-        guidance = torch.tensor(
-            [image.options.guidance_scale for image, _ in members], device=self.device
-        )
-        control = torch.cat(
-            [image.control[(..., *image.window(index, VAE_FACTOR))] for image, index in members]
-        )
-        return _Chunk(
-            control=control.repeat(copies, 1, 1, 1),
-            # Copy-major, as the latents: every tile's first prompt, then every tile's second.
-            text=torch.cat(
-                [torch.stack([image.text[c] for image, _ in members]) for c in range(copies)]
-            ),
-            conditions=conditions,
-            guidance=guidance.view(-1, 1, 1, 1),
-            conditioning_scale=members[0][0].options.conditioning_scale,
-        )
-
-    @property
-    def _budget(self) -> int:
-        """Bytes the step-invariant inputs and caches of all batches of tiles may hold."""
-        return self.options.step_cache_mb * MIB
-
-    def _predict(self, images: list[_Image], tiles: list[_TileKey], chunk: _Chunk) -> None:
-        """The guided noise prediction of each tile, kept in its image for blending."""
-        members = [(images[n], index) for n, index in tiles]
-        copies = chunk.text.shape[0] // len(members)
-        # The chunk's inputs are the very tensors of every step; only the latents are new.
-        latents = torch.cat(
-            [image.model_input[(..., *image.window(index))] for image, index in members]
-        )
-        timesteps = torch.stack([image.timesteps[image.step] for image, _ in members])
-        noise = self.denoiser(
-            latents.repeat(copies, 1, 1, 1).to(self.dtype),
-            timesteps.repeat(copies),
-            chunk.text,
-            chunk.control,
-            chunk.conditions,
-            chunk.conditioning_scale,
-        ).float()
-        if copies == 2:
-            uncond, cond = noise.chunk(2)
-            noise = uncond + chunk.guidance * (cond - uncond)
-        for (image, index), prediction in zip(members, noise, strict=True):
-            image.predictions[index] = prediction
-
-    def _keep_within_budget(
-        self, chunks: dict[tuple[_TileKey, ...], _Chunk], chunk: _Chunk
-    ) -> None:
-        """Drop ``chunk``'s step cache for good if all chunks together pass the budget: its
-        tiles then recompute that work at every step."""
-        if sum(c.nbytes for c in chunks.values()) > self._budget:
-            chunk.conditions.cache = None
-
-    def _advance(self, image: _Image) -> None:
-        noise = image.blender.blend([image.predictions[i] for i in range(len(image.tiling))])
-        t = image.timesteps[image.step]
-        step = image.scheduler.step(noise[None], t, image.latents, generator=image.generator)
-        image.latents = step.prev_sample
-        image.predictions = {}
-        image.model_input = None
-        image.step += 1
-        if image.request.on_step is not None:
-            image.request.on_step(image.step, len(image.timesteps))
-
-    # -- finishing --------------------------------------------------------------------------
-
-    def _finish(self, image: _Image, batches: HalvingBatches) -> torch.Tensor:
-        pixels = tiled_vae.decode(self.vae, image.latents[0], image.options, batches)
-        pixels = pixels[:, : image.height, : image.width]
-        fixed = color_fix(pixels[None], image.reference[None], image.options.color_fix)[0]
-        return fixed.cpu().contiguous()
-
-    @staticmethod
-    def _cancelled(image: _Image) -> bool:
-        request = image.request
-        if request.should_cancel is not None and request.should_cancel():
-            image.result = Cancelled("the image was cancelled before it was finished")
-            return True
-        return False
+def _per_image(value: Any, count: int, name: str, default: Any) -> list[Any]:
+    """One value per image: a list as given (its length checked), else ``value`` for all."""
+    if isinstance(value, list):
+        if len(value) != count:
+            raise InvalidParameterError(f"{len(value)} {name}s for {count} image(s)")
+        return value
+    return [default if value is None else value] * count

@@ -3,19 +3,20 @@
 Denoising, VAE encoding and VAE decoding of a large image all run on fixed-shape tiles laid
 over the latent grid and blend the tile results with weights that peak at each tile's centre
 and fall off smoothly, so neighbouring tiles fade into each other with no visible seam.
-Tiles are square except that a side shorter than the tile gives a tile of that side; their
-starts are a regular stride with the last tile flush with the far edge.
+Tiles are square except that a side shorter than the tile gives a tile of that side; they
+start where the project's one start rule puts them (:func:`megasr.model.tiler.tile_starts`:
+a regular stride, the last tile flush with the far edge).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from megasr.model.megasr.batches import HalvingBatches
+from megasr.model.tiler import tile_starts
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,13 @@ class LatentTiling:
         th, tw = min(tile, height), min(tile, width)
         stride = max(multiple, (tile - overlap) // multiple * multiple)
         return cls(
-            height, width, th, tw, _starts(height, th, stride), _starts(width, tw, stride), sigma
+            height,
+            width,
+            th,
+            tw,
+            tile_starts(height, th, stride),
+            tile_starts(width, tw, stride),
+            sigma,
         )
 
     def __len__(self) -> int:
@@ -111,13 +118,6 @@ def map_tiled(
     ]
     outputs = batches.map(lambda batch: list(fn(torch.stack(batch))), crops)
     return TileBlender(tiling, image.device, out_scale).blend(outputs)
-
-
-def _starts(length: int, tile: int, stride: int) -> tuple[int, ...]:
-    if length <= tile:
-        return (0,)
-    count = math.ceil((length - tile) / stride) + 1
-    return tuple(min(i * stride, length - tile) for i in range(count))
 
 
 def _gaussian(n: int, sigma: float) -> torch.Tensor:

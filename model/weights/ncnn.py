@@ -1,11 +1,11 @@
-"""Read the convolution weights of an ncnn model and map them onto a PyTorch network.
+"""Read the weights of an ncnn model and map them onto a PyTorch network.
 
-The offline default weights ship only as an ncnn model (a text ``.param`` graph and a binary
-``.bin``) inside a registry package. The graphs used here hold weights in ``Convolution``
-layers alone, so the reader walks the graph, takes each convolution's tensors from the
-``.bin`` in order, and insists that the file is consumed to the last byte: a truncated or
+The Real-ESRGAN-family weights ship only as ncnn models (a text ``.param`` graph and a binary
+``.bin``) inside registry packages. The graphs used here hold weights in ``Convolution`` and
+``PReLU`` layers alone, so the reader walks the graph, takes each such layer's tensors from
+the ``.bin`` in order, and insists that the file is consumed to the last byte: a truncated or
 foreign file fails loudly instead of loading shifted weights. The converter then pairs the
-convolutions with the network's ``Conv2d`` modules by order and checks every shape.
+layers with the network's ``Conv2d`` and ``PReLU`` modules by order and checks every shape.
 """
 
 from __future__ import annotations
@@ -26,13 +26,16 @@ FP16_TAG = 0x01306B47
 FP32_TAG = 0
 
 # Layer types that carry no data in the .bin; any other type would shift every later offset.
-WEIGHTLESS_LAYERS = frozenset({"Input", "Split", "Concat", "Eltwise", "BinaryOp", "Interp"})
+WEIGHTLESS_LAYERS = frozenset(
+    {"Input", "Split", "Concat", "Eltwise", "BinaryOp", "Interp", "PixelShuffle"}
+)
 
 # Convolution parameter ids (ncnn's operator docs): per-axis variants of these ids
 # (kernel_h = 11, dilation_h = 12, stride_h = 13, pads 14-16) must equal the base value.
 _NUM_OUTPUT, _KERNEL, _DILATION, _STRIDE, _PAD, _BIAS_TERM, _WEIGHT_COUNT = 0, 1, 2, 3, 4, 5, 6
 _PER_AXIS = {11: _KERNEL, 12: _DILATION, 13: _STRIDE, 14: _PAD, 15: _PAD, 16: _PAD}
 _INT8_SCALE_TERM, _DYNAMIC_WEIGHT = 8, 19
+_NUM_SLOPE = 0  # PReLU
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,23 @@ class ConvolutionWeights:
 
 
 @dataclass(frozen=True)
+class PReLUWeights:
+    """One ncnn ``PReLU`` layer: a negative slope per channel (or one for all)."""
+
+    name: str
+    weight: torch.Tensor  # (num_slope,)
+
+
+LayerWeights = ConvolutionWeights | PReLUWeights
+
+
+@dataclass(frozen=True)
+class _PReLUParams:
+    name: str
+    num_slope: int
+
+
+@dataclass(frozen=True)
 class _ConvolutionParams:
     name: str
     out_channels: int
@@ -60,10 +80,10 @@ class _ConvolutionParams:
     weight_count: int
 
 
-def read_convolutions(
+def read_layers(
     param_path: Path, bin_path: Path, expected_sha256: str | None = None
-) -> list[ConvolutionWeights]:
-    """Every convolution of an ncnn model, in graph order.
+) -> list[LayerWeights]:
+    """Every layer with weights (convolutions, PReLUs) of an ncnn model, in graph order.
 
     With ``expected_sha256`` the ``.bin`` is checked first, so a damaged or different file
     never gets as far as the parser.
@@ -77,13 +97,13 @@ def read_convolutions(
             )
     layers = _parse_param(_read_bytes(param_path).decode("latin-1"), param_path.name)
     reader = _BinReader(data, bin_path.name)
-    convolutions = [_read_convolution(reader, layer) for layer in layers]
+    weights = [_read_layer(reader, layer) for layer in layers]
     reader.expect_end()
-    return convolutions
+    return weights
 
 
-def _parse_param(text: str, source: str = "param") -> list[_ConvolutionParams]:
-    """The convolutions of an ncnn ``.param`` graph; refuses layers that would carry weights."""
+def _parse_param(text: str, source: str = "param") -> list[_ConvolutionParams | _PReLUParams]:
+    """The layers of an ncnn ``.param`` graph that carry weights; refuses unknown ones."""
     lines = [line.split() for line in text.splitlines() if line.strip()]
     if not lines or lines[0] != [str(PARAM_MAGIC)]:
         raise EngineError(f"{source}: not an ncnn param file (magic {PARAM_MAGIC} missing)")
@@ -93,35 +113,40 @@ def _parse_param(text: str, source: str = "param") -> list[_ConvolutionParams]:
         raise EngineError(f"{source}: missing the layer and blob counts line") from None
     if len(lines) - 2 != layer_count:
         raise EngineError(f"{source}: declares {layer_count} layers, has {len(lines) - 2}")
-    convolutions = []
+    layers: list[_ConvolutionParams | _PReLUParams] = []
     for tokens in lines[2:]:
         layer_type, name, params = _split_layer(tokens, source)
         if layer_type == "Convolution":
-            convolutions.append(_convolution_params(name, params, source))
+            layers.append(_convolution_params(name, params, source))
+        elif layer_type == "PReLU":
+            layers.append(_prelu_params(name, params, source))
         elif layer_type not in WEIGHTLESS_LAYERS:
             raise EngineError(f"{source}: layer {name} of type {layer_type} is not supported")
-    return convolutions
+    return layers
 
 
-def convolutions_to_state_dict(
-    convolutions: Sequence[ConvolutionWeights], net: nn.Module
-) -> dict[str, torch.Tensor]:
-    """Pair ncnn convolutions with ``net``'s ``Conv2d`` modules in order; check every shape.
+def layers_to_state_dict(layers: Sequence[LayerWeights], net: nn.Module) -> dict[str, torch.Tensor]:
+    """Pair ncnn layers with ``net``'s ``Conv2d`` and ``PReLU`` modules in order; check every
+    kind and shape.
 
     The result covers the network's whole state dict, so ``load_state_dict(strict=True)``
     accepts it.
     """
-    modules = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Conv2d)]
-    if len(modules) != len(convolutions):
+    modules = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Conv2d | nn.PReLU)]
+    if len(modules) != len(layers):
         raise EngineError(
-            f"the ncnn model has {len(convolutions)} convolutions, the network {len(modules)}"
+            f"the ncnn model has {len(layers)} layers with weights, the network {len(modules)}"
         )
     state: dict[str, torch.Tensor] = {}
-    for (name, module), conv in zip(modules, convolutions, strict=True):
-        _check_match(name, module, conv)
-        state[f"{name}.weight"] = conv.weight
-        if conv.bias is not None:
-            state[f"{name}.bias"] = conv.bias
+    for (name, module), layer in zip(modules, layers, strict=True):
+        if isinstance(layer, PReLUWeights):
+            _check_prelu(name, module, layer)
+            state[f"{name}.weight"] = layer.weight
+            continue
+        _check_match(name, module, layer)
+        state[f"{name}.weight"] = layer.weight
+        if layer.bias is not None:
+            state[f"{name}.bias"] = layer.bias
     missing = set(net.state_dict()) - set(state)
     if missing:
         raise EngineError(
@@ -186,6 +211,23 @@ def _convolution_params(name: str, params: dict[int, str], source: str) -> _Conv
     return conv
 
 
+def _prelu_params(name: str, params: dict[int, str], source: str) -> _PReLUParams:
+    try:
+        num_slope = int(params.get(_NUM_SLOPE, 0))
+    except ValueError:
+        raise EngineError(f"{source}: layer {name} parameter 0 is not an integer") from None
+    if num_slope < 1:
+        raise EngineError(f"{source}: layer {name} has no slopes")
+    return _PReLUParams(name, num_slope)
+
+
+def _read_layer(reader: _BinReader, layer: _ConvolutionParams | _PReLUParams) -> LayerWeights:
+    if isinstance(layer, _PReLUParams):  # ncnn loads slopes as raw float32, untagged
+        slopes = reader.float32(layer.num_slope, layer.name)
+        return PReLUWeights(layer.name, torch.from_numpy(slopes))
+    return _read_convolution(reader, layer)
+
+
 def _read_convolution(reader: _BinReader, conv: _ConvolutionParams) -> ConvolutionWeights:
     k = conv.kernel_size
     in_channels = conv.weight_count // (conv.out_channels * k * k)
@@ -245,7 +287,16 @@ class _BinReader:
         return chunk
 
 
-def _check_match(name: str, module: nn.Conv2d, conv: ConvolutionWeights) -> None:
+def _check_prelu(name: str, module: nn.Module, prelu: PReLUWeights) -> None:
+    if not isinstance(module, nn.PReLU) or module.weight.shape != prelu.weight.shape:
+        raise EngineError(
+            f"ncnn layer {prelu.name} (PReLU, {len(prelu.weight)} slopes) does not fit {name}"
+        )
+
+
+def _check_match(name: str, module: nn.Module, conv: ConvolutionWeights) -> None:
+    if not isinstance(module, nn.Conv2d):
+        raise EngineError(f"ncnn layer {conv.name} (a convolution) does not fit {name}")
     geometry = (module.kernel_size, module.stride, module.padding, module.dilation)
     expected = (
         (conv.kernel_size,) * 2,

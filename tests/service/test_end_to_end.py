@@ -30,6 +30,7 @@ from service_support import (
     wait_until,
     worker_env,
 )
+from system_packages import require
 from webhook_receiver import LOOPBACK_NETWORKS, WebhookReceiver
 
 from megasr.client import Client
@@ -38,7 +39,6 @@ from megasr.queue import EmbeddedRedis
 from megasr.settings import Settings
 from megasr.storage import LocalStorage, S3Storage
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: apt install chromium
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 SECRET = "e2e-webhook-secret"
 WEBHOOKS = {"webhook_secret": SECRET, "webhook_backoff_s": "0.05"}
@@ -263,14 +263,14 @@ def test_a_job_abandoned_on_its_last_try_fails_with_a_webhook_from_the_gateway(t
 def test_the_web_page_upscales_in_a_browser(stack, tmp_path, photo):
     from playwright.sync_api import sync_playwright
 
+    chromium = require("chromium")
+
     open_gateway = Gateway(stack.settings.model_copy(update={"auth_enabled": False})).start()
     picture = tmp_path / "cup.png"
     picture.write_bytes(photo)
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), args=["--no-sandbox"]
-            )
+            browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_page(accept_downloads=True)
             page.goto(open_gateway.url)
             page.wait_for_selector("#engine option[value='tiny']", state="attached")

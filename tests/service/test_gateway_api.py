@@ -165,8 +165,8 @@ def test_an_engine_no_worker_serves_is_422(gateway, photo):
     assert "realesrgan-x4plus" in body["detail"]
     assert submit(gateway, photo, engine="realesrgan-x4plus").status_code == 202
     engines = gateway.http.get("/v1/engines", headers=KEY_A).json()
-    assert engines["engines"] == [
-        {"name": "realesrgan-x4plus", "state": "ready", "workers": 1, "detail": None}
+    assert [(e["name"], e["state"], e["workers"]) for e in engines["engines"]] == [
+        ("realesrgan-x4plus", "ready", 1)
     ]
 
 

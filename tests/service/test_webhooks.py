@@ -320,10 +320,45 @@ def test_a_delivery_outlives_the_process_that_queued_it(redis, dispatch, receive
 
     dispatch()
 
-    wait_until(lambda: len(receiver.deliveries) == 2, "both deliveries", timeout_s=20)
+    def delivered() -> bool:  # the receiver has it a moment before its sender records it
+        return len(receiver.deliveries) == 2 and outbox.pending() == 0
+
+    wait_until(delivered, "both deliveries", timeout_s=20)
     assert receiver.attempts == {"job-1": 1, "job-2": 1}
     ids = {headers["webhook-id"] for headers, _ in receiver.deliveries}
-    assert ids == {never_sent, cut_off} and outbox.pending() == 0
+    assert ids == {never_sent, cut_off}
+
+
+def test_a_delivery_id_is_queued_once_however_often_it_is_added(redis, dispatch, receivers):
+    """Two processes telling the same end (or one transaction run twice) make one delivery:
+    adding an id the outbox holds changes nothing."""
+    receiver = receivers()
+    outbox = WebhookOutbox(redis, "hooks")
+    first = outbox.add(receiver.url, "job.canceled", "tenant-a", "job-3", b'{"id": "job-3"}', "m3")
+    again = outbox.add(receiver.url, "job.canceled", "tenant-a", "job-3", b'{"id": "other"}', "m3")
+    assert first == again == "m3" and outbox.pending() == 1
+
+    dispatch()
+
+    wait_until(lambda: outbox.pending() == 0 and receiver.deliveries, "the delivery")
+    assert [(h["webhook-id"], body) for h, body in receiver.deliveries] == [
+        ("m3", b'{"id": "job-3"}')
+    ]
+
+
+def test_a_delivery_added_in_a_transaction_commits_with_it(redis) -> None:
+    outbox = WebhookOutbox(redis, "hooks-tx")
+    with redis.pipeline() as pipeline:
+        outbox.add("https://example.com/h", "job.failed", "t", "job-4", b"{}", "m4", pipeline)
+        pipeline.set("hooks-tx:end", "failed")
+        assert outbox.pending() == 0, "written before the transaction ran"
+        pipeline.execute()
+    assert outbox.pending() == 1 and outbox.load("m4").job_id == "job-4"
+
+    with redis.pipeline() as pipeline:
+        outbox.add("https://example.com/h", "job.failed", "t", "job-5", b"{}", "m5", pipeline)
+        pipeline.reset()  # the transaction never ran (its process died)
+    assert outbox.load("m5") is None and outbox.pending() == 1
 
 
 def test_logs_name_the_receiver_but_never_its_path_or_query(dispatch, receivers, caplog) -> None:
