@@ -22,6 +22,7 @@ from torch import nn
 from megasr.model.engines.backends import PackageBuild, build_package
 from megasr.model.engines.realesrgan import RealESRGANEngine
 from megasr.model.nets.rrdbnet import RRDBNet
+from megasr.settings import Settings
 
 GATE_ENV = "MEGASR_TEST_COMPILE_GATE"
 
@@ -31,6 +32,10 @@ class TinyRealESRGAN(RealESRGANEngine):
     reach the range of the real network's (a fresh init keeps them near zero)."""
 
     name = "tiny-realesrgan"
+
+    def __init__(self, settings: Settings, channels_last: bool = True) -> None:
+        super().__init__(settings, channels_last)
+        self.name = TinyRealESRGAN.name  # not x4plus's: its own queue, never x4plus's choice
 
     def _load_network(self) -> RRDBNet:
         torch.manual_seed(0)
