@@ -19,10 +19,12 @@ from megasr.jobs import (
     META_PROGRESS,
     META_STAGE,
     META_TIMINGS,
+    META_WORK,
     ImageInfo,
     JobStatus,
     JobView,
     OutputInfo,
+    WorkCount,
 )
 from megasr.problems import worker_lost_problem
 
@@ -41,6 +43,7 @@ def public_view(
         finished_at=_utc(job.ended_at) if status.is_terminal else None,
         progress=1.0 if status is JobStatus.SUCCEEDED else float(meta.get(META_PROGRESS, 0.0)),
         stage=meta.get(META_STAGE),
+        work=_work(meta, status),
         params=payload.get("params", {}),
         input=ImageInfo(**payload["input"]) if payload.get("input") else None,
         timings=meta.get(META_TIMINGS) or {},
@@ -57,6 +60,14 @@ def public_view(
     elif status is JobStatus.FAILED:
         view.error = meta.get(META_ERROR) or worker_lost_problem()
     return view
+
+
+def _work(meta: dict[str, Any], status: JobStatus) -> WorkCount | None:
+    """The engine work counted so far; none while queued (a job waiting for its retry counted
+    work it will do again)."""
+    if status is JobStatus.QUEUED or not meta.get(META_WORK):
+        return None
+    return WorkCount(**meta[META_WORK])
 
 
 def _utc(moment: datetime | None) -> datetime | None:

@@ -24,11 +24,13 @@ TASK_FUNC = "megasr.worker.tasks.upscale"
 # job.meta keys, written only by the worker.
 META_PROGRESS = "progress"  # float in [0, 1]
 META_STAGE = "stage"  # str: the stage running now
+META_WORK = "work"  # {"done", "total", "unit"}: the engine work behind the progress
 META_TIMINGS = "timings"  # {stage: seconds}
 META_OUTPUT = "output"  # {"width", "height", "format", "bytes", "key"}
 META_ERROR = "error"  # a problem object (megasr.problems)
 
 OutputFormat = Literal["png", "jpeg", "webp"]
+WorkUnit = Literal["tiles", "steps"]
 ColorFix = Literal["adain", "wavelet", "none"]
 
 
@@ -121,6 +123,17 @@ class ImageInfo(BaseModel):
     format: str
 
 
+class WorkCount(BaseModel):
+    """How much of a running job's engine work is done, in the units the engine counts:
+    ``tiles`` for a tile engine, denoising ``steps`` for an image engine. Counts let a client
+    show "tile 6 of 12" and estimate the time left from the rate, which ``progress`` alone
+    (a fraction that also covers decoding and encoding) does not."""
+
+    done: int = Field(ge=0)
+    total: int = Field(ge=1)
+    unit: WorkUnit
+
+
 class OutputInfo(BaseModel):
     """The stored result; ``url`` is where a client downloads it."""
 
@@ -153,6 +166,7 @@ class JobView(BaseModel):
     finished_at: datetime | None = None
     progress: float = 0.0
     stage: str | None = None
+    work: WorkCount | None = None
     queue_position: int | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     input: ImageInfo | None = None

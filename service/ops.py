@@ -1,4 +1,4 @@
-"""Operations routes: liveness, readiness, metrics, and the web page."""
+"""Operations routes: liveness, readiness, metrics, and the web page with its icon."""
 
 from __future__ import annotations
 
@@ -47,6 +47,17 @@ def metrics(gw: GatewayDep) -> Response:
 @router.get("/", include_in_schema=False)
 def index() -> FileResponse:
     return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> FileResponse:
+    """Where browsers, bookmarks and tabs of the API docs look for an icon unasked; the page
+    itself names the SVG one (``static/icon.svg``), of which this is the raster copy."""
+    return FileResponse(
+        STATIC_DIR / "favicon.ico",
+        media_type="image/x-icon",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )
 
 
 def _check(probe) -> str:

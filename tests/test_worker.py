@@ -472,6 +472,8 @@ def test_megasr_jobs_share_forward_passes_and_equal_each_alone(
     assert value(after, calls) - value(before, calls) == 4
     assert value(after, tiles) - value(before, tiles) == 4 + 3 + 1 + 1
     assert "retrying each" not in Path(megasr_worker.log.name).read_text()
+    # Progress counts denoising steps (the saucer's are the checkpoint's default 4).
+    assert cluster.job(jobs[1].id).meta["work"] == {"done": 4, "total": 4, "unit": "steps"}
 
     assert batched[0].shape == (96, 120, 3)
     with one_thread():

@@ -4,6 +4,8 @@
 random weights) on top of bicubic x4, cheap enough on a CPU to run dozens of jobs in a test.
 Setting ``MEGASR_TEST_HOLD`` to a path makes every engine call wait while that file exists:
 a test holds a batch "in hand" for as long as it needs, with no sleeps and no timing guesses.
+:class:`SteppedEngine` goes one step further: each call waits for a token the test hands out,
+so a job's progress moves tile by tile exactly when the test says.
 
 The subclasses stand in for what only a GPU does (this machine has none): running out of
 device memory above a batch size, overflowing to NaN on a reduced-precision fast path, and a
@@ -24,6 +26,7 @@ from megasr.model.nets.rrdbnet import RRDBNet
 from megasr.settings import Settings
 
 HOLD_ENV = "MEGASR_TEST_HOLD"
+GATE_ENV = "MEGASR_TEST_GATE"
 LOAD_HOLD_ENV = "MEGASR_TEST_LOAD_HOLD"
 
 
@@ -53,6 +56,31 @@ class TinyEngine(TileEngine):
             x = tiles.to(self.device, torch.float32)
             base = F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False)
             return (base + 0.1 * torch.tanh(self.net(x))).clamp(0, 1).cpu()
+
+
+class SteppedEngine(TinyEngine):
+    """A slow engine on demand: while the folder ``MEGASR_TEST_GATE`` names exists, every call
+    waits for a token file in it and consumes one; the test releases the calls one by one
+    (with one tile per call, a job's progress then stops at each tile the test chooses).
+    Without the folder it runs freely."""
+
+    name = "tiny-stepped"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        gate = os.environ.get(GATE_ENV)
+        self.gate = Path(gate) if gate else None
+
+    def run(self, tiles: torch.Tensor) -> torch.Tensor:
+        while self.gate is not None and self.gate.is_dir() and not self._take_token():
+            time.sleep(0.01)  # the test hands out the next token
+        return super().run(tiles)
+
+    def _take_token(self) -> bool:
+        for token in sorted(self.gate.glob("token-*")):
+            token.unlink(missing_ok=True)
+            return True
+        return False
 
 
 class SlowLoadingEngine(TinyEngine):

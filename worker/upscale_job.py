@@ -39,8 +39,10 @@ from megasr.jobs import (
     META_PROGRESS,
     META_STAGE,
     META_TIMINGS,
+    META_WORK,
     JobPayload,
     UpscaleParams,
+    WorkUnit,
 )
 from megasr.model.engines.base import GenerationOptions, ImageEngine, ImageTask
 from megasr.model.tiler import TileAccumulator
@@ -207,7 +209,7 @@ class UpscaleJob:
         self._save_meta({META_TIMINGS: dict(self.timings)})
 
     def _steps_done(self, done: int, total: int) -> None:
-        self._progress(done / total)
+        self._progress(done, total, "steps")
 
     def add(self, first: int, outputs: torch.Tensor, started: float) -> None:
         """Blend engine outputs of tiles ``first``.. in; ``started`` is when their call began."""
@@ -218,13 +220,17 @@ class UpscaleJob:
         self._tiles_done += len(outputs)
         if self.complete:
             self._record("inference", time.perf_counter() - self._inference_started)
-        self._progress(self._tiles_done / len(self.tiles))
+        self._progress(self._tiles_done, len(self.tiles), "tiles")
 
-    def _progress(self, inference_done: float) -> None:
-        """Progress and timings so far, with ``inference_done`` (0..1) of the engine work."""
+    def _progress(self, done: int, total: int, unit: WorkUnit) -> None:
+        """Progress and timings so far, with ``done`` of the ``total`` tiles or steps of the
+        engine work: the counts too, so a client can say how far it is and how fast it goes."""
         low, high = _PROGRESS_AFTER["preprocess"], _PROGRESS_AFTER["inference"]
-        progress = low + (high - low) * inference_done
-        self._save_meta({META_PROGRESS: round(progress, 4), META_TIMINGS: dict(self.timings)})
+        progress = low + (high - low) * done / total
+        work = {"done": done, "total": total, "unit": unit}
+        self._save_meta(
+            {META_PROGRESS: round(progress, 4), META_WORK: work, META_TIMINGS: dict(self.timings)}
+        )
 
     def finish(self) -> dict[str, Any]:
         """Blend, resize, encode and store the result; returns the ``output`` record."""

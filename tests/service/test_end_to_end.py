@@ -1,5 +1,6 @@
 """The whole service: HTTP gateway, Redis queue, a separate ``megasr worker`` process, storage
-(local and S3), the web page in headless Chromium, and ``megasr serve`` starting and stopping.
+(local and S3), and ``megasr serve`` starting and stopping (the web page in a browser:
+test_web_page.py).
 
 Workers run the tiny real network of :mod:`worker_engines` on the CPU, so a job takes well
 under a second; each wait is a poll with a deadline.
@@ -30,7 +31,6 @@ from service_support import (
     wait_until,
     worker_env,
 )
-from system_packages import require
 from webhook_receiver import LOOPBACK_NETWORKS, WebhookReceiver
 
 from megasr.client import Client
@@ -258,57 +258,6 @@ def test_a_job_abandoned_on_its_last_try_fails_with_a_webhook_from_the_gateway(t
     assert view["status"] == "failed" and view["error"]["type"].endswith("job-failed")
     assert final.status is JobStatus.FAILED
     assert final.error == view["error"]
-
-
-def test_the_web_page_upscales_in_a_browser(stack, tmp_path, photo):
-    from playwright.sync_api import sync_playwright
-
-    chromium = require("chromium")
-
-    open_gateway = Gateway(stack.settings.model_copy(update={"auth_enabled": False})).start()
-    picture = tmp_path / "cup.png"
-    picture.write_bytes(photo)
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-            page = browser.new_page(accept_downloads=True)
-            page.goto(open_gateway.url)
-            page.wait_for_selector("#engine option[value='tiny']", state="attached")
-            page.set_input_files("#file-input", str(picture))
-            page.select_option("#scale", "2")
-            page.select_option("#engine", "tiny")
-            page.click("#submit")
-            page.wait_for_selector("#result:not([hidden])", timeout=60_000)
-
-            natural = page.eval_on_selector(
-                "#result-image", "img => [img.naturalWidth, img.naturalHeight]"
-            )
-            progress = page.eval_on_selector("#progress", "bar => bar.value")
-            statuses = page.eval_on_selector_all(
-                "#log li", "items => items.map(i => i.dataset.status)"
-            )
-            page.eval_on_selector(
-                "#compare-slider",
-                "s => { s.value = 20; s.dispatchEvent(new Event('input')); }",
-            )
-            clip = page.eval_on_selector("#before-image", "img => img.style.clipPath")
-            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
-            with page.expect_download() as download_info:
-                page.click("#download")
-            download = download_info.value
-            downloaded = Path(download.path()).read_bytes()
-            name = download.suggested_filename
-            browser.close()
-    finally:
-        open_gateway.stop()
-
-    assert natural == [192, 128]
-    assert progress == 1
-    assert statuses[-1] == "succeeded"
-    assert set(statuses) <= {"queued", "running", "succeeded"}
-    assert clip == "inset(0px 80% 0px 0px)"
-    assert name == "cup-megasr.png"
-    assert image_size(downloaded) == (192, 128)
 
 
 def test_megasr_serve_starts_and_stops_cleanly(tmp_path, photo):

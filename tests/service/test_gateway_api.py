@@ -410,3 +410,15 @@ def test_web_page_is_served(gateway):
     assert page.status_code == 200
     assert 'id="file-input"' in page.text
     assert gateway.http.get("/static/app.js").status_code == 200
+
+
+def test_the_page_has_an_icon_for_every_browser(gateway):
+    page = gateway.http.get("/").text
+    svg = gateway.http.get("/static/icon.svg")
+    ico = gateway.http.get("/favicon.ico")
+
+    assert '<link rel="icon" href="/static/icon.svg" type="image/svg+xml">' in page
+    assert svg.status_code == 200 and svg.headers["content-type"] == "image/svg+xml"
+    assert ico.status_code == 200 and ico.headers["content-type"] == "image/x-icon"
+    with Image.open(io.BytesIO(ico.content)) as icon:
+        assert icon.format == "ICO" and {(16, 16), (32, 32), (48, 48)} <= icon.info["sizes"]
