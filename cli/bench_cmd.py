@@ -3,12 +3,14 @@
 megasr bench                                   # default engine, float32 and fast path
 megasr bench --peers --image samples/coffee.jpg
 megasr bench --engine megasr --model CKPT/ --size 64 --batches 1,2
+megasr bench --calibrate                       # choose this CPU's dtype, tile and backend
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import get_args
 
@@ -62,10 +64,23 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "-o", "--output", type=Path, default=None, help="report file (default: stdout)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress messages")
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="measure this CPU and cache the dtype, tile and backend realesrgan-x4plus runs "
+        "with (again each time it is run; --backend eager skips the compile)",
+    )
+    parser.add_argument(
+        "--tiles",
+        default=None,
+        help="tile sides --calibrate tries (default 128,192,256,384)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.calibrate:
+        return _calibrate(args)
     from megasr.imaging.image import ImageLimits
     from megasr.model.benchmark.benchmark import BenchConfig, pattern_image, run_benchmark
     from megasr.model.benchmark.report import FORMATS
@@ -100,6 +115,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    """Measure, cache the choice, and print it with what it was chosen from."""
+    from megasr.model.benchmark.calibration import Calibration, calibrate
+    from megasr.model.device import use_cpu_threads
+    from megasr.model.engines.cpu_choice import choice_path
+
+    settings = Settings.with_overrides(backend=args.backend)
+    use_cpu_threads(settings.cpu_threads)  # the choice is per thread count
+    backends = ("eager",) if settings.backend == "eager" else ("eager", "inductor")
+    calibration = Calibration(backends=backends, repeats=_positive("--repeats", args.repeats))
+    if args.tiles is not None:
+        calibration = replace(calibration, tiles=tuple(_sizes(args.tiles, "--tiles", "sides")))
+    choice = calibrate(settings, calibration, progress=lambda m: _status(m, args.quiet))
+    lines = [f"CPU: {choice.isa}", f"cached in {choice_path(settings.cache_dir, choice.engine)}"]
+    lines += [f"  {label}: {value:.4g}" for label, value in choice.measured.items()]
+    lines.append(
+        f"chosen: {choice.dtype}, {choice.tile} px tiles overlapping by {choice.overlap} px, "
+        f"{choice.backend}"
+    )
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
 def _dtypes(text: str) -> list[str]:
     names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     allowed = ("auto", "float32", "bfloat16", "float16")
@@ -110,13 +148,17 @@ def _dtypes(text: str) -> list[str]:
 
 
 def _batches(text: str) -> list[int]:
+    return _sizes(text, "--batches", "batch sizes")
+
+
+def _sizes(text: str, option: str, what: str) -> list[int]:
     try:
-        batches = sorted({int(b) for b in text.split(",") if b.strip()})
+        sizes = sorted({int(b) for b in text.split(",") if b.strip()})
     except ValueError:
-        raise InvalidParameterError(f"--batches takes a list of integers, got {text!r}") from None
-    if not batches or batches[0] < 1:
-        raise InvalidParameterError("--batches takes batch sizes of 1 or more")
-    return batches
+        raise InvalidParameterError(f"{option} takes a list of integers, got {text!r}") from None
+    if not sizes or sizes[0] < 1:
+        raise InvalidParameterError(f"{option} takes {what} of 1 or more")
+    return sizes
 
 
 def _positive(option: str, value: int) -> int:

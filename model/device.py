@@ -22,6 +22,7 @@ import torch
 
 from megasr.cpu_quota import CGROUP_ROOT, cgroup_cpu_quota
 from megasr.errors import EngineError
+from megasr.model.cpu_isa import has_native_bf16
 from megasr.settings import Settings
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -92,13 +93,6 @@ def fast_dtype(device: torch.device) -> torch.dtype:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN can run bfloat16 convolutions in hardware on this CPU.
-
-    ``torch.cpu._is_avx512_bf16_supported`` and ``_is_amx_tile_supported`` are private but
-    are the checks PyTorch itself uses to pick its kernels; a PyTorch without them gets the
-    safe answer, float32.
-    """
-    if not torch.backends.mkldnn.is_available():
-        return False
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+    """Whether oneDNN can run bfloat16 convolutions in hardware on this CPU, under any
+    ``ONEDNN_MAX_CPU_ISA`` cap (:mod:`megasr.model.cpu_isa`); without oneDNN, no."""
+    return torch.backends.mkldnn.is_available() and has_native_bf16()

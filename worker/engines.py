@@ -11,12 +11,18 @@ An engine on a reduced-precision fast path may produce NaN or Inf on some inputs
 overflow). Engines that rerun such a batch in float32 themselves count it in a ``nan_retries``
 attribute (``RealESRGANEngine`` does); for one that returns the NaN, :meth:`EngineSlot.float32`
 builds a float32 twin of the same engine the first time it happens, and keeps it.
+
+An engine is ready, and announced, as soon as it can run eagerly; one that compiles a faster
+backend does so in the background and swaps it in between engine calls (``RealESRGANEngine``
+on a CPU), so no job waits for a compile. The log says when each engine loads, is ready (and
+on which backend), and when a background compile is swapped in, with times.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,6 +54,17 @@ def build_engine(spec: str, settings: Settings) -> Engine:
     if not (isinstance(engine_class, type) and issubclass(engine_class, Engine)):
         raise EngineError(f"{spec!r} is not an Engine subclass")
     return engine_class(settings)
+
+
+def _backend_note(engine: Engine) -> str:
+    """How a ready engine runs, for the log: its backend, and whether a faster one is still
+    compiling in the background (it swaps itself in between engine calls when ready)."""
+    backend = getattr(engine, "backend", None)
+    if backend is None:
+        return ""
+    if getattr(engine, "background", None) is not None:
+        return f" ({backend}; taking jobs while inductor compiles in the background)"
+    return f" ({backend})"
 
 
 def free_device_cache(device: torch.device) -> None:
@@ -127,6 +144,7 @@ class EnginePool:
                 self.device,
                 torch.get_num_threads(),
             )
+            started = time.monotonic()
             try:
                 engine.load(self.device, self.dtype)
                 engine.warmup()
@@ -139,6 +157,12 @@ class EnginePool:
                 engine.name, spec, engine, self.device, self.dtype, self.settings
             )
             self.states[engine.name] = EngineState.READY
+            logger.info(
+                "engine %s ready in %.1f s%s",
+                engine.name,
+                time.monotonic() - started,
+                _backend_note(engine),
+            )
         if not self.slots:
             raise EngineError("no engines configured: set MEGASR_WORKER_ENGINES")
         self.ready = True

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 
 import torch
 
+from megasr.model.cpu_isa import cpu_model, describe_isa
 from megasr.model.device import cpu_has_native_bf16
 
 
@@ -19,6 +19,7 @@ def describe_machine(device: torch.device) -> dict[str, str]:
         "torch": torch.__version__,
         "torch_threads": str(torch.get_num_threads()),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_isa": describe_isa(),
         "cpu_native_bfloat16": "yes" if cpu_has_native_bf16() else "no",
         "python": platform.python_version(),
         "device": device.type,
@@ -26,16 +27,6 @@ def describe_machine(device: torch.device) -> dict[str, str]:
     if device.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(device)
     return facts
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (what ``lscpu`` prints as Model name)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def load_average() -> str:

@@ -10,17 +10,18 @@ which the registry picks from by the size asked for.
 Numerics: every tile is reflect-padded by 10 pixels on each side before the network and
 cropped after, as the ncnn wrapper does; with that the float32 output matches the ncnn
 runtime to rounding, and the network sees mirrored content instead of zeros at tile edges.
-The fast path is the device's fast dtype (:mod:`megasr.model.device`) with channels-last
-tensors, run by the backend the settings pick (:mod:`megasr.model.engines.backends`): eager
-PyTorch under autocast, or inductor on a copy of the network in that dtype. A batch whose
+The fast path is the device's fast dtype (:mod:`megasr.model.device`, or on a CPU the one
+its calibration chose, :mod:`megasr.model.engines.cpu_choice`) with channels-last tensors,
+run by the backend the settings pick (:mod:`megasr.model.engines.backends`): eager PyTorch
+under autocast, or inductor's compiled package of the network in that dtype. A batch whose
 output holds NaN or Inf is run again in eager float32 and counted in
 :attr:`RealESRGANEngine.nan_retries`.
 """
 
 from __future__ import annotations
 
-import copy
 import importlib.resources
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +33,24 @@ from torch import nn
 from megasr.errors import EngineError
 from megasr.model.device import fast_dtype
 from megasr.model.engines.backends import (
-    FallbackForward,
-    compile_forward,
+    Forward,
+    PackageBuild,
+    compiles_in_background,
+    fits_package,
+    load_package,
+    package_path,
     resolve_backend,
     use_compile_cache,
 )
 from megasr.model.engines.base import TileEngine, TileSpec
+from megasr.model.engines.cpu_choice import load_choice
 from megasr.model.nets.rrdbnet import RRDBNet
 from megasr.model.nets.srvgg import SRVGGNetCompact
 from megasr.model.weights.cache import cached_state_dict
 from megasr.model.weights.ncnn import layers_to_state_dict, read_layers
 from megasr.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -146,6 +154,15 @@ DEFAULT_TILE = 192
 DEFAULT_OVERLAP = 32
 
 
+def tile_spec_for(tile: int, overlap: int | None = None, whole_up_to: int = 0) -> TileSpec:
+    """Tiles of ``tile`` pixels overlapping by ``overlap`` (default: 32, a quarter of a
+    small tile); an image up to ``whole_up_to`` (at least 5/3 of a tile) runs as one tile
+    of its own size."""
+    if overlap is None:
+        overlap = min(DEFAULT_OVERLAP, tile // 4)
+    return TileSpec(size=tile, overlap=overlap, whole_up_to=max(whole_up_to, tile * 5 // 3))
+
+
 def weights_cache_path(cache_dir: Path, model: NcnnModel = X4PLUS) -> Path:
     """Where ``model``'s converted weights live (x4plus unless told)."""
     return model.cache_path(cache_dir)
@@ -165,48 +182,109 @@ class RealESRGANEngine(TileEngine):
     def __init__(
         self, settings: Settings, channels_last: bool = True, model: str = X4PLUS.name
     ) -> None:
-        """``settings.tile`` (0 = 192) sets the tile side, ``settings.backend`` how the
-        network runs; ``channels_last`` is for benchmarks; ``model`` names a row of
-        :data:`MODELS`."""
+        """``settings.tile`` (0 = this CPU's calibrated tile, else 192) sets the tile side,
+        ``settings.backend`` how the network runs; ``channels_last`` is for benchmarks;
+        ``model`` names a row of :data:`MODELS`."""
         if model not in MODELS:
             raise EngineError(f"no Real-ESRGAN-family model is named {model!r}")
         self.model = MODELS[model]
         self.name = self.model.name
         self.native_scale = self.model.native_scale
-        tile = settings.tile or DEFAULT_TILE
+        self._tile_setting = settings.tile
+        self._tile_spec = tile_spec_for(settings.tile or DEFAULT_TILE)
         self._cache_dir = settings.cache_dir
-        self._tile_spec = TileSpec(
-            size=tile, overlap=min(DEFAULT_OVERLAP, tile // 4), whole_up_to=tile * 5 // 3
-        )
         self._channels_last = channels_last
         self._backend_setting = settings.backend
         self._net: nn.Module | None = None
-        self._compiled: FallbackForward | None = None
-        self._compiled_dtype = torch.float32
+        self._compiled: Forward | None = None
+        self._package: Path | None = None
         self._device = torch.device("cpu")
         self.dtype = torch.float32
         self.backend = "eager"
+        self._measured_backend: str | None = None
+        self.background: PackageBuild | None = None
         self.nan_retries = 0
 
     def load(self, device: torch.device, dtype: torch.dtype | None = None) -> None:
+        """Load the weights; on the CPU, take this machine's calibrated choice (tile, dtype,
+        backend; :mod:`megasr.model.engines.cpu_choice`) where the settings leave it open,
+        and a compiled package where one is on disk and the backend wants it."""
         net = self._load_network()
         net.eval().requires_grad_(False).to(device)
         if self._channels_last:
             net.to(memory_format=torch.channels_last)
         self._net, self._device = net, device
-        self.dtype = dtype or fast_dtype(device)
-        self._use_backend(resolve_backend(self._backend_setting, device))
+        choice = load_choice(self._cache_dir, self.name) if device.type == "cpu" else None
+        if choice is not None and not self._tile_setting:
+            # A calibrated tile is chosen for large images; a small one still runs whole,
+            # as with the default tile (four small tiles would repeat their overlap).
+            whole = tile_spec_for(DEFAULT_TILE).whole_up_to
+            self._tile_spec = tile_spec_for(choice.tile, choice.overlap, whole)
+        self.dtype = dtype or (choice.torch_dtype if choice else fast_dtype(device))
+        self._measured_backend = choice.backend if choice else None
+        self._use_backend(net, device)
+
+    def _use_backend(self, net: nn.Module, device: torch.device) -> None:
+        """The backend the setting asks for now, with the package on disk if it runs one."""
+        self._compiled = None
+        if device.type == "cpu" and self._backend_setting != "eager":
+            use_compile_cache(self._cache_dir)
+            self._package = package_path(self._cache_dir, net, self.dtype)
+        compiled = self._package is not None and self._package.is_file()
+        self.backend = resolve_backend(
+            self._backend_setting, device, compiled, self._measured_backend
+        )
+        if self.backend == "inductor" and not compiled:
+            self.backend = self._build_now()
+        if self.backend == "inductor":
+            self._compiled = load_package(self._package)
 
     def warmup(self) -> None:
-        """Serve-ready: ``auto`` compiles here, where the worker pays it before any job."""
-        if self.backend == "eager" and self._backend_setting == "auto":
-            self._use_backend(resolve_backend("auto", self._device, serving=True))
+        """Serve-ready: one tile on the backend in use; then an engine still eager that
+        should compile starts building its package in the background, and :meth:`run`
+        swaps it in between engine calls once it is ready."""
         super().warmup()
+        idle = self.backend == "eager" and self._package is not None and self.background is None
+        if idle and compiles_in_background(
+            self._backend_setting, self._device, self._measured_backend
+        ):
+            self.background = self._start_build()
+            logger.info(
+                "%s: compiling %s with inductor in the background (%s)",
+                self.name,
+                str(self.dtype).removeprefix("torch."),
+                self._package.name,
+            )
 
-    def _use_backend(self, backend: str) -> None:
-        self.backend = backend
-        self._compiled = self._compile(self._net) if backend == "inductor" else None
-        self._compiled_dtype = self.dtype
+    def _start_build(self) -> PackageBuild:
+        """The package build in a child process (tests stand in their own ``target``)."""
+        return PackageBuild(self._package, self.network, self.dtype)
+
+    def _build_now(self) -> str:
+        """``inductor`` asked for with no package yet: build it and wait (minutes)."""
+        logger.info("%s: compiling with inductor (once per machine)", self.name)
+        build = self._start_build()
+        if build.wait():
+            return "inductor"
+        logger.warning("backend inductor unavailable, running eager: %s", build.error)
+        return "eager"
+
+    def _take_background(self) -> None:
+        """Between engine calls: adopt the background package once it is ready."""
+        build = self.background
+        if build is None or not build.done:
+            return
+        self.background = None
+        if build.error is not None:
+            logger.warning("%s: %s; staying eager", self.name, build.error)
+            return
+        self._compiled = load_package(build.path)
+        self.backend = "inductor"
+        logger.info(
+            "%s: inductor ready after %.1f s in the background; swapped in",
+            self.name,
+            build.seconds,
+        )
 
     def _load_network(self) -> nn.Module:
         """The model's network with its weights (tests override it with a tiny one)."""
@@ -214,34 +292,10 @@ class RealESRGANEngine(TileEngine):
         net.load_state_dict(self.model.state_dict(self._cache_dir))
         return net
 
-    def _compile(self, net: nn.Module) -> FallbackForward:
-        """Inductor on a copy of ``net`` in the engine's dtype (weights cast once, not on
-        every call as autocast does), falling back to the eager forward.
-
-        On the CPU the compiled network takes one tile at a time: a batch gains nothing
-        there (docs/benchmarks.md), and one shape per tile size means one compile, where
-        every new batch size would cost another.
-        """
-        use_compile_cache(self._cache_dir)
-        dtype = self.dtype
-        lowp = net if dtype == torch.float32 else copy.deepcopy(net).to(dtype)
-        compiled = compile_forward(lambda x: lowp(x.to(dtype)).float())
-        per_tile = self._device.type == "cpu"
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            if per_tile and len(x) > 1:
-                return torch.cat([compiled(tile[None]) for tile in x])
-            return compiled(x)
-
-        def eager(x: torch.Tensor) -> torch.Tensor:
-            return self._eager_forward(net, x, dtype)
-
-        return FallbackForward(forward, eager)
-
     @property
     def compiled(self) -> bool:
-        """Whether the fast path runs compiled (False: eager, or fallen back to it)."""
-        return self._compiled is not None and self._compiled.compiled
+        """Whether the fast path runs compiled (False: eager)."""
+        return self._compiled is not None
 
     @property
     def tile_spec(self) -> TileSpec:
@@ -255,6 +309,7 @@ class RealESRGANEngine(TileEngine):
         return self._net
 
     def run(self, tiles: torch.Tensor) -> torch.Tensor:
+        self._take_background()
         net = self.network
         x = tiles.to(self._device, torch.float32)
         pad = min(TILE_PAD, x.shape[-2] - 1, x.shape[-1] - 1)
@@ -271,10 +326,12 @@ class RealESRGANEngine(TileEngine):
         return out.clamp(0.0, 1.0).cpu().contiguous()
 
     def _forward(self, net: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        if self._compiled is not None and dtype == self._compiled_dtype:
-            with torch.inference_mode():
-                return self._compiled(x)
-        return self._eager_forward(net, x, dtype)
+        """The package takes one tile per call (on a CPU a batch gains nothing, docs/
+        benchmarks.md); each is a slice that keeps the batch's channels-last layout."""
+        if self._compiled is None or dtype != self.dtype or not fits_package(x[:1]):
+            return self._eager_forward(net, x, dtype)
+        with torch.inference_mode():
+            return torch.cat([self._compiled(x[i : i + 1]) for i in range(len(x))])
 
     def _eager_forward(self, net: nn.Module, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         reduced = dtype != torch.float32
