@@ -108,7 +108,6 @@ class UploadGate:
         while not self._room(len(self.uploads), self.reserved, need):
             victim = self._most_doomed(now)
             if victim is None:
-                self.metrics.uploads_refused.labels("busy").inc()
                 raise self._busy(now, need)
             self._evict(victim)
         upload = Upload(declared_length, now + self.timeout_s, reserved=need)
@@ -188,12 +187,13 @@ class UploadGate:
         return count < self.max_uploads and (not count or reserved + need <= self.max_bytes)
 
     def _grow(self, upload: Upload, extra: int) -> None:
-        if self.uploads != {upload} and self.reserved + extra > self.max_bytes:
-            self.metrics.uploads_refused.labels("busy").inc()
-            raise self._busy(time.monotonic(), upload.reserved + extra, excluding=upload)
+        need = upload.reserved + extra
+        others = len(self.uploads) - 1, self.reserved - upload.reserved
+        if not self._room(*others, need):
+            raise self._busy(time.monotonic(), need, excluding=upload)
         upload.reserved += extra
         self.reserved += extra
-        self.metrics.upload_bytes_in_flight.set(self.reserved)
+        self._publish()
 
     def _most_doomed(self, now: float) -> Upload | None:
         doomed = [upload for upload in self.uploads if upload.doomed(now)]
@@ -209,8 +209,9 @@ class UploadGate:
     def _busy(
         self, now: float, need: int, excluding: Upload | None = None
     ) -> ServiceUnavailableError:
-        """503; Retry-After is when the upload is expected to fit (:meth:`fits_by`), a second
-        at least and the upload deadline at most."""
+        """503 (counted as refused ``busy``); Retry-After is when the upload is expected to fit
+        (:meth:`fits_by`), a second at least and the upload deadline at most."""
+        self.metrics.uploads_refused.labels("busy").inc()
         retry_s = max(1, math.ceil(self.fits_by(now, need, excluding) - now))
         return ServiceUnavailableError(
             f"the gateway is reading {len(self.uploads)} uploads ({self.reserved} bytes), its "

@@ -195,13 +195,13 @@ def test_no_job_is_lost_or_run_twice_through_crashes_and_outages(fleet: Fleet) -
     fleet.kill(other, signal.SIGKILL, "worker SIGKILLed mid-batch")
     # Which worker dequeued which job is a race, so a killed worker may have held a job
     # alone: that one is to blame for its crash and spends a retry, as RQ would.
-    alone = [job_id for job_id in first + second if fleet.crashed_in(job_id) == 1]
-    assert any(fleet.crashed_in(job_id) > 1 for job_id in first + second), "no batch held"
+    held_with = {job_id: fleet.crashed_in(job_id) for job_id in first + second}
+    assert any(jobs > 1 for jobs in held_with.values()), "no killed worker held a batch"
     fleet.release(w3)
     wait_for(lambda: fleet.all_done(first + second), "w3 to finish the killed batches")
     max_retries = cluster.settings(QUEUE).max_retries
     for job_id in first + second:  # batch-mates of a crash spend no retry
-        assert fleet.job(job_id).retries_left == max_retries - (job_id in alone)
+        assert fleet.job(job_id).retries_left == max_retries - (held_with[job_id] == 1)
 
     # 3. A sticky CUDA error under a batch: the job alone in the failed call fails, the worker
     # hands the rest back and exits unhealthy; the next worker finishes them.
